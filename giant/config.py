@@ -1,0 +1,290 @@
+"""One typed config tree for every stage: recipe YAML + dotted overrides, validated, dumpable.
+
+Recipes state only what differs from these defaults. Unknown keys are errors (a typo must never
+silently fall back to a default on a week-long run). The resolved tree is written to the run
+directory and into every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from giant.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. `name` picks a row of MODEL_SIZES; any None field is filled from it."""
+
+    name: str = "tiny"
+    img_size: int = 224
+    num_frames: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    decoder_embed_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_num_heads: Optional[int] = None
+    decoder_mlp_ratio: Optional[float] = None
+    num_classes: int = 0
+    drop_path_rate: float = 0.0
+    head_drop_rate: float = 0.0
+    init_scale: float = 0.001
+    norm_eps: float = 1e-6
+    # Token grid (T', H', W') the fixed position table was defined on; None = this model's grid.
+    # Set when fine-tuning at another frame count / resolution so positions keep their meaning.
+    pos_grid: Optional[list] = None
+
+    def resolved(self) -> "ModelConfig":
+        from giant.models.vit import resolve_model_config
+
+        return resolve_model_config(self)
+
+
+@dataclass
+class MaskConfig:
+    """Encoder and decoder masking (SPEC §3). decoder='none' or decoder_ratio 0 = VideoMAE V1."""
+
+    encoder: str = "tube"  # tube | random | frame | block
+    ratio: float = 0.9
+    decoder: str = "running_cell"  # running_cell | none
+    decoder_ratio: float = 0.5
+    block_min_tokens: int = 16  # block masking: smallest cube (in tokens) drawn per step
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are sampled (SPEC §4)."""
+
+    manifest: str = ""  # CSV / official list / sources YAML
+    val_manifest: str = ""
+    root: str = ""  # prefix for relative paths in manifests
+    backend: str = "decord"  # decord | pyav | frames
+    sampling_rate: int = 4  # τ; a sources YAML can override it per source
+    num_sample: int = 4  # repeated augmentation: clips per decoded video
+    num_workers: int = 2
+    max_fail_fraction: float = 0.01  # stop when more than this share of videos is unreadable
+    min_fail_count: int = 20  # ...but never before this many failures (small-sample noise)
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    short_side: int = 256
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule. lr = blr · global_batch / 256, global batch counting repeats."""
+
+    batch_size: int = 2  # videos per GPU per micro-step (each gives data.num_sample clips)
+    accum_steps: int = 1
+    total_steps: int = 100
+    warmup_steps: int = 10
+    lr: Optional[float] = None  # absolute lr; None = blr · global_batch / 256
+    blr: float = 1.5e-4
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    weight_decay_end: Optional[float] = None  # cosine wd schedule end; None = constant
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None
+    layer_decay: Optional[float] = None
+
+
+@dataclass
+class PrecisionConfig:
+    """The policy: encoder in low precision, decoder + target + loss always FP32."""
+
+    encoder: str = "fp32"  # fp32 | bf16 | fp16
+    decoder: str = "fp32"  # kept as a field so recipes state it; anything else is refused
+
+
+@dataclass
+class EngineConfig:
+    """Engine-only knobs that are not DeepSpeed JSON (activation checkpointing, compile)."""
+
+    ds_config: str = "ds_configs/zero2.json"
+    activation_checkpointing: str = "off"  # off | all | first:N (first N encoder blocks)
+    compile: bool = False
+    dist_backend: str = ""  # "" = nccl on GPU, gloo on CPU
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto | never | PATH
+    init_from: str = ""  # run dir / weights of a previous stage
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10
+    tensorboard: bool = True
+    image_every: int = 0  # reconstruction images every N steps (0 = only at the end)
+    progress: bool = True
+
+
+@dataclass
+class StageConfig:
+    name: str = "pretrain"
+    run_dir: str = "runs/pretrain"
+    seed: int = 0
+    device: str = ""  # "" = cuda if available else cpu
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: null is not allowed here")
+    if base is Any:
+        return value
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            pass
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is bool and isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    if (base is list or typing.get_origin(base) is list) and isinstance(value, (list, tuple)):
+        return list(value)
+    name = getattr(base, "__name__", str(base))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys raise with their dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        sub = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, sub)
+        else:
+            kwargs[key] = _coerce(value, tp, sub)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: '{dotted}' goes through a non-section key '{part}'")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`['optim.lr=1e-3', 'model.name=vit_b']` → nested dict (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=1e-3")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "", f"override '{item}'")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Recipe YAML (may be None) + dotted overrides → validated RunConfig."""
+    tree: dict = {}
+    where = "config"
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path}: invalid YAML: {exc}") from exc
+        where = str(path)
+    tree = _merge(tree, parse_overrides(overrides or []))
+    cfg = from_dict(RunConfig, tree, where)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks a user can trip over; each names the key and the fix."""
+    if cfg.precision.encoder not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision.encoder={cfg.precision.encoder!r}: use fp32, bf16 or fp16")
+    if cfg.precision.decoder != "fp32":
+        raise ConfigError("precision.decoder must be fp32 (SPEC §5: the decoder and loss stay FP32)")
+    if not 0 <= cfg.mask.ratio < 1:
+        raise ConfigError(f"mask.ratio={cfg.mask.ratio}: must be in [0, 1)")
+    if not 0 <= cfg.mask.decoder_ratio < 1:
+        raise ConfigError(f"mask.decoder_ratio={cfg.mask.decoder_ratio}: must be in [0, 1)")
+    if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
+        raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
+    if cfg.optim.warmup_steps > cfg.optim.total_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds optim.total_steps={cfg.optim.total_steps}")
+    act = cfg.engine.activation_checkpointing
+    if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
+        raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

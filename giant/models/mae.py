@@ -1,0 +1,134 @@
+"""VideoMAE V2 masked autoencoder with dual masking (SPEC §2).
+
+Masks arrive as sorted index tensors, so the same model serves tube/random/frame/block encoder
+masks and running-cell or V1-style decoder masks. Precision is not decided here: the engine
+wraps `encoder` in autocast; everything from `encoder_to_decoder` on runs in the dtype of its
+weights (FP32 under the policy).
+
+Shape legend: B batch, C channels, T frames, H/W pixels, N tokens, K encoder-visible tokens,
+M decoder-kept tokens, D encoder width, E decoder width, P values per token (C·t·p·p).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from giant.config import ModelConfig
+from giant.models.pos_embed import position_table
+from giant.models.vit import Block, VideoViT, gather_tokens, patch_dim, resolve_model_config
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MAEOutput:
+    loss: torch.Tensor  # scalar, fp32
+    pred: torch.Tensor  # (B, M, P) decoder output at the decoder-kept positions
+    target: torch.Tensor  # (B, M, P) normalised pixel target at the same positions
+    loss_mask: torch.Tensor  # (B, M) True where the token counts in the loss
+
+
+class MAEDecoder(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, out_dim: int,
+                 eps: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, 0.0, eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.head = nn.Linear(dim, out_dim)
+
+    def forward(self, x_BLE: torch.Tensor, num_out: int) -> torch.Tensor:
+        """Run all tokens; predict only the last `num_out` (the mask-token slots)."""
+        for blk in self.blocks:
+            x_BLE = blk(x_BLE)
+        return self.head(self.norm(x_BLE[:, -num_out:]))
+
+
+def patchify(video_BCTHW: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """(B, C, T, H, W) → (B, N, t·p·p, C): pixels of each token, per channel."""
+    return rearrange(video_BCTHW, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c",
+                     p0=tubelet, p1=patch, p2=patch)
+
+
+def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
+               tubelet: int, chans: int = 3) -> torch.Tensor:
+    """(B, N, (t·p·p·C)) → (B, C, T, H, W); inverse of patchify + flatten(channel fastest)."""
+    t, h, w = grid
+    return rearrange(tokens_BNP, "b (t h w) (p0 p1 p2 c) -> b c (t p0) (h p1) (w p2)",
+                     t=t, h=h, w=w, p0=tubelet, p1=patch, p2=patch, c=chans)
+
+
+class MaskedVideoAutoencoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        cfg = resolve_model_config(cfg)
+        self.cfg = cfg
+        self.encoder = VideoViT(cfg, final_norm=True)
+        dec_dim = cfg.decoder_embed_dim
+        self.encoder_to_decoder = nn.Linear(cfg.embed_dim, dec_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.decoder = MAEDecoder(dec_dim, cfg.decoder_depth, cfg.decoder_num_heads,
+                                  cfg.decoder_mlp_ratio, patch_dim(cfg), cfg.norm_eps)
+        grid = self.encoder.grid
+        src = tuple(cfg.pos_grid) if cfg.pos_grid else None
+        self.register_buffer("decoder_pos_embed", position_table(grid, dec_dim, src), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1, 1), persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, token N(0.02)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward_encoder(self, video_BCTHW: torch.Tensor, enc_keep_BK: torch.Tensor) -> torch.Tensor:
+        return self.encoder(video_BCTHW, enc_keep_BK)
+
+    def forward_decoder(self, x_BKD: torch.Tensor, enc_keep_BK: torch.Tensor,
+                        dec_keep_BM: torch.Tensor) -> torch.Tensor:
+        """Visible tokens (+pos) then a mask token (+pos) at EVERY decoder-kept position."""
+        x_BKE = self.encoder_to_decoder(x_BKD.to(self.encoder_to_decoder.weight.dtype))
+        B = x_BKE.shape[0]
+        pos_BNE = self.decoder_pos_embed.to(x_BKE.dtype).expand(B, -1, -1)
+        vis_BKE = x_BKE + gather_tokens(pos_BNE, enc_keep_BK)
+        masked_BME = self.mask_token.to(x_BKE.dtype) + gather_tokens(pos_BNE, dec_keep_BM)
+        return self.decoder(torch.cat([vis_BKE, masked_BME], dim=1), dec_keep_BM.shape[1])
+
+    @torch.no_grad()
+    def target(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Per-token, per-channel normalised pixels, (p0 p1 p2 c) order: (B, N, P) fp32."""
+        pix = (video_BCTHW.float() * self.std + self.mean)
+        tok_BNQC = patchify(pix, self.cfg.patch_size, self.cfg.tubelet_size)
+        mu = tok_BNQC.mean(dim=-2, keepdim=True)
+        sd = tok_BNQC.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+        return ((tok_BNQC - mu) / (sd + 1e-6)).flatten(2)
+
+    def forward_loss(self, video_BCTHW: torch.Tensor, pred_BMP: torch.Tensor,
+                     enc_keep_BK: torch.Tensor, dec_keep_BM: torch.Tensor) -> MAEOutput:
+        """MSE per token, averaged over tokens that are encoder-masked AND decoder-kept."""
+        tgt_BMP = gather_tokens(self.target(video_BCTHW), dec_keep_BM)
+        B, N = video_BCTHW.shape[0], self.encoder.num_tokens
+        visible_BN = torch.zeros(B, N, dtype=torch.bool, device=pred_BMP.device)
+        visible_BN.scatter_(1, enc_keep_BK, True)
+        mask_BM = ~torch.gather(visible_BN, 1, dec_keep_BM)
+        per_tok_BM = (pred_BMP.float() - tgt_BMP).pow(2).mean(dim=-1)
+        w_BM = mask_BM.float()
+        loss = (per_tok_BM * w_BM).sum() / w_BM.sum().clamp_min(1.0)
+        return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM)
+
+    def forward(self, video_BCTHW: torch.Tensor, enc_keep_BK: torch.Tensor,
+                dec_keep_BM: torch.Tensor) -> MAEOutput:
+        x_BKD = self.forward_encoder(video_BCTHW, enc_keep_BK)
+        pred_BMP = self.forward_decoder(x_BKD, enc_keep_BK, dec_keep_BM)
+        return self.forward_loss(video_BCTHW, pred_BMP, enc_keep_BK, dec_keep_BM)

@@ -1,0 +1,156 @@
+"""Model family: exact parameter counts and key layouts, parity with the official code."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from giant.config import ModelConfig
+from giant.errors import ConfigError
+from giant.models import MODEL_SIZES, MaskedVideoAutoencoder, VideoClassifier, build_model
+from giant.models.mae import patchify, unpatchify
+from giant.models.pos_embed import position_table, sincos_table
+from _reference import reference_file
+
+OFFICIAL = [
+    ("vit_g", "classifier", 710, "vit_giant_patch14_224_k710", 1_012_611_142),
+    ("vit_b", "classifier", 710, "vit_base_patch16_224_k710", 86_773_190),
+    ("vit_g", "pretrain", 0, "pretrain_videomae_giant_patch14_224", 1_026_306_560),
+    ("vit_b", "pretrain", 0, "pretrain_videomae_base_patch16_224", 94_210_944),
+]
+
+PARITY_CFG = ModelConfig(name="tiny", num_frames=8, img_size=64, patch_size=16, embed_dim=96,
+                         depth=2, num_heads=4, mlp_ratio=4.0, decoder_embed_dim=64,
+                         decoder_depth=1, decoder_num_heads=2, decoder_mlp_ratio=4.0)
+
+
+@pytest.mark.parametrize("name,kind,classes,ref_key,expected", OFFICIAL)
+def test_official_param_counts_and_keys(name, kind, classes, ref_key, expected):
+    with torch.device("meta"):
+        model = build_model(ModelConfig(name=name, num_classes=classes), kind)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    keys = json.loads(reference_file("videomaev2/videomaev2_state_dict_keys.json").read_text())
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == keys[ref_key]["keys"]
+
+
+def test_vit_g_shapes():
+    cfg = ModelConfig(name="vit_g").resolved()
+    assert (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads) == (14, 1408, 40, 16)
+    assert cfg.embed_dim // cfg.num_heads == 88
+    assert int(cfg.embed_dim * cfg.mlp_ratio) == 6144
+    assert int(cfg.decoder_embed_dim * cfg.decoder_mlp_ratio) == 2234
+    with torch.device("meta"):
+        enc = build_model(ModelConfig(name="vit_g"), "pretrain").encoder
+    assert enc.num_tokens == 2048 and enc.grid == (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def parity():
+    return torch.load(reference_file("videomaev2/videomaev2_parity_small.pt"), weights_only=False)
+
+
+def _keeps(masked_BN):
+    return torch.stack([torch.nonzero(~m).flatten() for m in masked_BN])
+
+
+def test_pretrain_parity_with_official(parity):
+    model = MaskedVideoAutoencoder(PARITY_CFG).eval()
+    model.load_state_dict(parity["pretrain_state_dict"])
+    with torch.no_grad():
+        out = model(parity["video"], _keeps(parity["encoder_mask"]), _keeps(parity["decoder_mask"]))
+    assert out.pred.shape == parity["pretrain_output"].shape == (2, 32, 1536)
+    assert (out.pred - parity["pretrain_output"]).abs().max() < 1e-5
+    assert abs(out.loss.item() - parity["pretrain_loss"].item()) < 1e-5
+    assert out.loss.dtype == torch.float32
+
+
+def test_finetune_parity_with_official(parity):
+    model = VideoClassifier(dataclasses.replace(PARITY_CFG, num_classes=7)).eval()
+    model.load_state_dict(parity["finetune_state_dict"])
+    with torch.no_grad():
+        logits = model(parity["video"])
+    assert (logits - parity["finetune_logits"]).abs().max() < 1e-5
+
+
+def test_sincos_table_formula():
+    table = sincos_table(50, 8)
+    pos, i = 7, 3  # column 2i = sin, 2i+1 = cos, both with frequency 10000^(2i/d)
+    freq = 10000 ** (2 * i / 8)
+    assert torch.isclose(table[pos, 2 * i], torch.tensor(torch.sin(torch.tensor(pos / freq)).item()))
+    assert torch.isclose(table[pos, 2 * i + 1], torch.tensor(torch.cos(torch.tensor(pos / freq)).item()))
+
+
+def test_position_table_not_in_state_dict_and_resamples():
+    model = VideoClassifier(dataclasses.replace(PARITY_CFG, num_classes=3))
+    assert not any("pos_embed" in k for k in model.state_dict())
+    same = position_table((4, 4, 4), 16, (4, 4, 4))
+    assert torch.equal(same, position_table((4, 4, 4), 16))
+    # 8 slices resampled from a 4-slice table: the spatial pattern is preserved exactly
+    up = position_table((8, 4, 4), 16, (4, 4, 4))
+    assert up.shape == (1, 128, 16)
+    src = position_table((4, 4, 4), 16).reshape(4, 16, 16)
+    dst = up.reshape(8, 16, 16)
+    assert torch.allclose(dst[0], src[0], atol=1e-6) and torch.allclose(dst[-1], src[-1], atol=1e-6)
+
+
+def test_other_frame_counts_and_sizes_run():
+    """Any config the official code accepts: patch 14, head dim 88-style widths, 4/12 frames."""
+    for kw in [dict(num_frames=4, img_size=56, patch_size=14, embed_dim=88, num_heads=1),
+               dict(num_frames=12, img_size=32, patch_size=16, mlp_ratio=48 / 11)]:
+        cfg = dataclasses.replace(ModelConfig(name="tiny", num_classes=5), **kw)
+        model = VideoClassifier(cfg)
+        x = torch.randn(2, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
+        assert model(x).shape == (2, 5)
+    cfg = dataclasses.replace(ModelConfig(name="tiny", num_classes=5), num_frames=16, img_size=64,
+                              pos_grid=[4, 4, 4])
+    assert VideoClassifier(cfg)(torch.randn(1, 3, 16, 64, 64)).shape == (1, 5)
+
+
+def test_patchify_roundtrip_and_channel_order():
+    x = torch.randn(2, 3, 4, 32, 32)
+    tok = patchify(x, 16, 2)
+    assert tok.shape == (2, 2 * 2 * 2, 2 * 16 * 16, 3)
+    # token 0, first pixel holds the three channels of pixel (0,0,0)
+    assert torch.equal(tok[0, 0, 0], x[0, :, 0, 0, 0])
+    assert torch.equal(unpatchify(tok.flatten(2), (2, 2, 2), 16, 2), x)
+
+
+def test_loss_is_on_encoder_masked_and_decoder_kept_only():
+    cfg = dataclasses.replace(PARITY_CFG)
+    model = MaskedVideoAutoencoder(cfg)
+    x = torch.randn(1, 3, 8, 64, 64)
+    enc = torch.tensor([[0, 1, 2, 3]])
+    dec = torch.tensor([[0, 1, 10, 20]])  # two already visible, two masked
+    out = model(x, enc, dec)
+    assert out.loss_mask.tolist() == [[False, False, True, True]]
+    per_tok = (out.pred - out.target).pow(2).mean(-1)
+    assert torch.isclose(out.loss, per_tok[0, 2:].mean())
+
+
+def test_target_normalisation_is_per_token_per_channel():
+    model = MaskedVideoAutoencoder(PARITY_CFG)
+    x = torch.randn(1, 3, 8, 64, 64)
+    tgt = model.target(x).reshape(1, 64, 2 * 16 * 16, 3)
+    assert torch.allclose(tgt.mean(dim=2), torch.zeros(1, 64, 3), atol=1e-5)
+    assert torch.allclose(tgt.std(dim=2), torch.ones(1, 64, 3), atol=1e-3)
+
+
+def test_gradient_reaches_every_parameter():
+    from giant.config import MaskConfig
+    from giant.masking import MaskGenerator
+    model = MaskedVideoAutoencoder(PARITY_CFG)
+    gen = MaskGenerator(MaskConfig(ratio=0.75), model.encoder.grid)
+    enc, dec = gen.batch(2, torch.Generator().manual_seed(0))
+    model(torch.randn(2, 3, 8, 64, 64), enc, dec).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_wrong_input_size_and_unknown_size_raise():
+    model = MaskedVideoAutoencoder(PARITY_CFG)
+    with pytest.raises(ConfigError, match="tokens"):
+        model.encoder(torch.randn(1, 3, 8, 32, 32))
+    with pytest.raises(ConfigError, match="vit_q"):
+        ModelConfig(name="vit_q").resolved()
+    assert set(MODEL_SIZES) == {"tiny", "vit_s", "vit_b", "vit_l", "vit_h", "vit_g"}

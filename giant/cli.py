@@ -1,0 +1,49 @@
+"""`giant <command> ...`: one entry point; each command's module owns its own argparse.
+
+User errors (GiantError) print as one line and exit 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from giant.errors import GiantError
+
+# command → (module with main(argv) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("giant.stages.pretrain", "masked-autoencoder pre-training (run under deepspeed/torchrun)"),
+    "export": ("giant.engine.checkpoint", "consolidate a DeepSpeed checkpoint into weights.safetensors + model.json"),
+    "data": ("giant.data.cli", "synth | validate | k710 | bench: datasets and manifests"),
+    "flops": ("giant.flops", "parameters, forward MACs and training FLOPs for a model config"),
+    "bench": ("giant.engine.bench", "training-step throughput, TFLOP/s, MFU and peak memory"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: giant <command> [options]   (giant <command> --help for details)", "",
+             "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"giant: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except GiantError as exc:
+        print(f"giant {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

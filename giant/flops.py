@@ -51,14 +51,17 @@ def block_params(dim: int, hidden: int) -> int:
 
 
 def visible_tokens(grid: tuple[int, int, int], mask: MaskConfig) -> int:
-    """Encoder-visible tokens per clip: every masking strategy keeps a fixed count (SPEC §3)."""
+    """Encoder-visible tokens per clip: every strategy keeps a fixed count (SPEC §3); the
+    rounding is giant.masking's, so FLOPs match the index tensors the loader draws."""
     t, h, w = grid
     s, n = h * w, t * h * w
     if mask.encoder == "tube":
         return (s - int(mask.ratio * s)) * t
     if mask.encoder == "frame":
-        return (t - int(mask.ratio * t)) * s
-    if mask.encoder in ("random", "block", "adaptive"):
+        return max(t - int(mask.ratio * t), 1) * s
+    if mask.encoder == "block":
+        return n - int(mask.ratio * n)
+    if mask.encoder in ("random", "adaptive"):
         return int(n * (1 - mask.ratio))
     raise ConfigError(f"mask.encoder={mask.encoder!r} is unknown; use tube, random, frame or block")
 
@@ -69,8 +72,8 @@ def decoder_kept_tokens(grid: tuple[int, int, int], mask: MaskConfig, visible: i
     s = h * w
     if mask.decoder == "none" or mask.decoder_ratio == 0:
         return t * s - visible  # VideoMAE V1: every encoder-masked token
-    if mask.decoder == "running_cell":
-        return (s - int(mask.decoder_ratio * s)) * t  # a fixed share of every slice
+    if mask.decoder == "running_cell":  # every 2×2 cell keeps 4 − round(4·ratio) positions
+        return t * s * (4 - round(4 * mask.decoder_ratio)) // 4
     raise ConfigError(f"mask.decoder={mask.decoder!r} is unknown; use running_cell or none")
 
 

@@ -113,6 +113,18 @@ def _masks(cfg, mask_cfg, batch):
     return tuple(torch.stack([torch.as_tensor(p[j]).long() for p in pairs]) for j in (0, 1))
 
 
+@pytest.mark.parametrize("encoder", ["tube", "random", "frame", "block"])
+@pytest.mark.parametrize("ratio,decoder_ratio", [(0.9, 0.5), (0.75, 0.0), (0.95, 0.25)])
+def test_token_counts_match_mask_generator(encoder, ratio, decoder_ratio):
+    from giant.masking import MaskGenerator
+
+    cfg = ModelConfig(name="vit_b").resolved()
+    mask = MaskConfig(encoder=encoder, ratio=ratio, decoder="running_cell", decoder_ratio=decoder_ratio)
+    enc, dec = MaskGenerator(mask, flops.token_grid(cfg))(torch.Generator().manual_seed(0))
+    r = flops.count(cfg, "pretrain", mask)
+    assert (r["encoder_tokens"], r["decoder_tokens"]) == (len(enc), len(enc) + len(dec))
+
+
 @pytest.mark.parametrize("decoder_ratio", [0.0, 0.5])
 def test_pretrain_macs_match_measured(decoder_ratio):
     mae = pytest.importorskip("giant.models.mae")

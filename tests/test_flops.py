@@ -94,23 +94,10 @@ def _measured_flops(fn) -> int:
 
 
 def _masks(cfg, mask_cfg, batch):
-    """(enc_keep, dec_keep): from the project's generator once it exists, else built by hand
-    with the same counts (only shapes matter for FLOPs)."""
-    grid = flops.token_grid(cfg)
-    try:
-        from giant.masking import MaskGenerator
-    except ImportError:
-        t, s = grid[0], grid[1] * grid[2]
-        n_vis = s - int(mask_cfg.ratio * s)
-        enc = torch.tensor([ti * s + j for ti in range(t) for j in range(n_vis)])
-        if mask_cfg.decoder == "none":
-            dec = torch.tensor(sorted(set(range(t * s)) - set(enc.tolist())))
-        else:
-            dec = torch.arange(0, t * s, 2)  # half of every slice, like a running cell
-        return enc.expand(batch, -1), dec.expand(batch, -1)
-    gen = MaskGenerator(mask_cfg, grid)
-    pairs = [gen(torch.Generator().manual_seed(i)) for i in range(batch)]
-    return tuple(torch.stack([torch.as_tensor(p[j]).long() for p in pairs]) for j in (0, 1))
+    """Stacked (enc_keep, dec_keep) from the project's generator, as the loader draws them."""
+    from giant.masking import MaskGenerator
+
+    return MaskGenerator(mask_cfg, flops.token_grid(cfg)).batch(batch, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("encoder", ["tube", "random", "frame", "block"])
@@ -127,7 +114,8 @@ def test_token_counts_match_mask_generator(encoder, ratio, decoder_ratio):
 
 @pytest.mark.parametrize("decoder_ratio", [0.0, 0.5])
 def test_pretrain_macs_match_measured(decoder_ratio):
-    mae = pytest.importorskip("giant.models.mae")
+    from giant.models import mae
+
     cfg = TINY.resolved()
     mask = _mask(decoder_ratio)
     if decoder_ratio == 0:
@@ -142,7 +130,8 @@ def test_pretrain_macs_match_measured(decoder_ratio):
 
 
 def test_finetune_macs_match_measured():
-    classifier = pytest.importorskip("giant.models.classifier")
+    from giant.models import classifier
+
     cfg = TINY.resolved()
     model = classifier.VideoClassifier(cfg).eval()
     video = torch.randn(2, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
@@ -151,8 +140,8 @@ def test_finetune_macs_match_measured():
 
 @pytest.mark.parametrize("name", ["tiny", "vit_b", "vit_g"])
 def test_params_match_real_modules(name):
-    mae = pytest.importorskip("giant.models.mae")
-    classifier = pytest.importorskip("giant.models.classifier")
+    from giant.models import classifier, mae
+
     cfg = ModelConfig(name=name, num_classes=710).resolved()
     with torch.device("meta"):
         built = {"pretrain": mae.MaskedVideoAutoencoder(cfg), "finetune": classifier.VideoClassifier(cfg)}

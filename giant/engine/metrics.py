@@ -1,0 +1,156 @@
+"""Throughput, MFU, memory and the logging sinks (TensorBoard, JSONL, console, progress bar).
+
+Only rank 0 writes; other ranks get a disabled logger so call sites need no rank checks.
+MFU uses the analytic training FLOPs from `giant.flops` and a dense-peak table, so numbers
+are comparable with the papers' (SPEC §6).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by device-name substring; fp32 uses TF32 peaks.
+_PEAK_TFLOPS = {
+    "H200": {"low": 989.0, "fp32": 494.0},
+    "H100": {"low": 989.0, "fp32": 494.0},
+    "A100": {"low": 312.0, "fp32": 156.0},
+    "L40S": {"low": 362.0, "fp32": 183.0},
+    "A10G": {"low": 125.0, "fp32": 62.5},
+    "V100": {"low": 125.0, "fp32": 15.7},
+}
+
+
+def peak_tflops(device: torch.device | str, precision: str = "bf16") -> Optional[float]:
+    """Peak dense TFLOP/s of `device`, or None when unknown (e.g. CPU): MFU is then omitted.
+
+    GIANT_PEAK_TFLOPS overrides the table (for GPUs it does not list).
+    """
+    if os.environ.get("GIANT_PEAK_TFLOPS"):
+        return float(os.environ["GIANT_PEAK_TFLOPS"])
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in _PEAK_TFLOPS.items():
+        if key in name:
+            return peaks["fp32" if precision == "fp32" else "low"]
+    return None
+
+
+class Throughput:
+    """Turns (clips, seconds) into clips/s, achieved TFLOP/s and MFU."""
+
+    def __init__(self, flops_per_clip: float, device: torch.device | str, precision: str = "bf16",
+                 world_size: int = 1):
+        self.flops_per_clip = flops_per_clip
+        self.peak = peak_tflops(device, precision)
+        self.world_size = world_size
+
+    def update(self, num_clips: int, seconds: float) -> dict:
+        """`num_clips` across all ranks; TFLOP/s and MFU are per device."""
+        seconds = max(seconds, 1e-9)
+        clips_per_s = num_clips / seconds
+        tflops = clips_per_s * self.flops_per_clip / self.world_size / 1e12
+        out = {"clips_per_s": clips_per_s, "tflops": tflops}
+        if self.peak:
+            out["mfu"] = tflops / self.peak
+        return out
+
+
+def memory_stats(device: torch.device | str) -> dict:
+    """Peak accelerator memory (GiB) when on CUDA, else the process's peak RSS (GiB)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return {"mem_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+                "mem_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mem_rss_gib": rss_kib / 2**20}
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "lr" or (value != 0 and abs(value) < 1e-3):
+        return f"{key} {value:.3e}"
+    if key == "mfu":
+        return f"{key} {100 * value:.1f}%"
+    return f"{key} {value:.4g}"
+
+
+class MetricsLogger:
+    """Every step → TensorBoard + `metrics.jsonl`; every `log_every` → one console line."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 log_every: int = 10, progress: bool = True, total_steps: Optional[int] = None):
+        self.enabled = enabled
+        self.log_every = max(1, log_every)
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir)
+        self._tb = self._jsonl = self._bar = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        if progress and sys.stderr.isatty() and total_steps:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, dynamic_ncols=True, leave=False)
+
+    def log_step(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items() if v is not None}
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        if self._tb is not None:
+            for key, value in clean.items():
+                if math.isfinite(value):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(loss=clean.get("loss"))
+        if step % self.log_every == 0 or step == self.total_steps:
+            total = f"/{self.total_steps}" if self.total_steps else ""
+            body = " | ".join(_fmt(k, v) for k, v in clean.items())
+            log.info("step %d%s | %s", step, total, body)
+
+    def log_image(self, step: int, tag: str, image_HWC: np.ndarray) -> Optional[Path]:
+        """TensorBoard image + PNG under run_dir/images/; returns the PNG path."""
+        if not self.enabled:
+            return None
+        from PIL import Image
+
+        out = self.run_dir / "images" / f"{tag.replace('/', '_')}_step{step:07d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_HWC).save(out)
+        if self._tb is not None:
+            self._tb.add_image(tag, image_HWC, step, dataformats="HWC")
+        return out
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self.enabled = False

@@ -1,0 +1,51 @@
+"""Reconstruction images: original / encoder input / reconstruction, one column per tubelet.
+
+Predictions are per-token normalised (SPEC §2), so they are mapped back to pixels with the
+mean and std of the original token, as the official visualisation does. Tokens that are
+neither visible nor reconstructed (dual masking) are drawn grey.
+
+Shapes: C channels, T frames, H/W pixels, N tokens, K visible, M reconstructed, P values/token.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from giant.config import ModelConfig
+from giant.models.mae import patchify, unpatchify
+from giant.models.vit import token_grid
+
+GREY = 0.5
+
+
+def _tokens(video_CTHW_01: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return patchify(video_CTHW_01[None].float(), cfg.patch_size, cfg.tubelet_size)[0]  # N Q C
+
+
+def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tensor,
+                         dec_keep_M: torch.Tensor, pred_MP: torch.Tensor,
+                         model_cfg: ModelConfig) -> np.ndarray:
+    """uint8 (3·H, T'·W, 3) grid: rows original, masked input, reconstruction."""
+    cfg = model_cfg.resolved()
+    grid = token_grid(cfg)
+    pix_CTHW = video_uint8_CTHW.detach().cpu().float() / 255.0
+    tok_NQC = _tokens(pix_CTHW, cfg)
+    n = tok_NQC.shape[0]
+    vis = torch.zeros(n, dtype=torch.bool)
+    vis[enc_keep_K.cpu()] = True
+    masked_NQC = torch.where(vis[:, None, None], tok_NQC, torch.full_like(tok_NQC, GREY))
+
+    mu, sd = tok_NQC.mean(1, keepdim=True), tok_NQC.var(1, unbiased=True, keepdim=True).sqrt()
+    pred_MQC = pred_MP.detach().cpu().float().reshape(len(dec_keep_M), -1, cfg.in_chans)
+    dec = dec_keep_M.cpu()
+    recon_NQC = masked_NQC.clone()
+    recon_NQC[dec] = (pred_MQC * (sd[dec] + 1e-6) + mu[dec]).clamp(0, 1)
+
+    rows = []
+    for toks in (tok_NQC, masked_NQC, recon_NQC):
+        vid_CTHW = unpatchify(toks.flatten(1)[None], grid, cfg.patch_size, cfg.tubelet_size,
+                              cfg.in_chans)[0]
+        frames = vid_CTHW[:, ::cfg.tubelet_size]  # one frame per tubelet
+        rows.append(torch.cat(list(frames.permute(1, 2, 3, 0)), dim=1))  # H, T'·W, C
+    image = torch.cat(rows, dim=0)
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -1,0 +1,49 @@
+"""Config tree: recipes + dotted overrides, strict keys, clear errors, dump round trip."""
+import pytest
+import yaml
+
+from giant.config import RunConfig, dump_config, load_config, parse_overrides, to_dict
+from giant.errors import ConfigError
+
+
+def test_recipe_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# test\nmodel: {name: vit_b}\noptim: {blr: 1.5e-4, betas: [0.9, 0.95]}\n")
+    cfg = load_config(recipe, ["optim.blr=3e-4", "mask.ratio=0.75", "engine.activation_checkpointing=first:4"])
+    assert cfg.model.name == "vit_b" and cfg.optim.blr == 3e-4 and cfg.mask.ratio == 0.75
+    assert cfg.optim.betas == [0.9, 0.95] and isinstance(cfg.optim.blr, float)
+    assert cfg.engine.activation_checkpointing == "first:4"
+
+
+def test_unknown_key_names_file_and_path(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("optim: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.optim: unknown key\(s\) \['lrr'\]"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nope'\]"):
+        load_config(None, ["nope.x=1"])
+
+
+def test_type_and_value_errors(tmp_path):
+    with pytest.raises(ConfigError, match="optim.batch_size: expected int"):
+        load_config(None, ["optim.batch_size=two"])
+    with pytest.raises(ConfigError, match="precision.decoder must be fp32"):
+        load_config(None, ["precision.decoder=bf16"])
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        load_config(None, ["engine.activation_checkpointing=some"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["optim.lr"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["model.name=vit_g", "optim.clip_grad=0.02"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert to_dict(again) == to_dict(cfg)
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["optim"]["clip_grad"] == 0.02
+    assert isinstance(RunConfig().model.num_frames, int)

@@ -77,7 +77,15 @@ class DataConfig:
     min_fail_count: int = 20  # ...but never before this many failures (small-sample noise)
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    short_side: int = 256
+    short_side: int = 256  # eval/test: short side is resized to this before cropping (SPEC: img_size)
+    test_manifest: str = ""  # multi-view test list; "" = val_manifest
+    sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # fine-tune RandAugment; "" = off
+    flip: bool = True  # fine-tune horizontal flip (false for Something-Something)
+    reprob: float = 0.25  # fine-tune cube random-erasing probability
+    test_temporal_views: int = 5  # multi-view test: K temporal clips (SSv2: 2)
+    test_spatial_views: int = 3  # ...× S spatial crops along the long side
+    max_retries: int = 10  # other videos tried (deterministically) when one cannot be read
 
 
 @dataclass

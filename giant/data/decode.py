@@ -1,0 +1,225 @@
+"""Video readers: decord (default), PyAV (fallback / alternative), raw-frame folders.
+
+Every reader answers `num_frames` and `get_frames(indices) -> uint8 [T, H, W, C]`. Indices may
+repeat (short videos pad with their last frame); each distinct frame is decoded once. Library
+errors become `VideoDecodeError` with one short reason, so the dataset can count and skip.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from giant.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("decord", "pyav", "frames")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class VideoDecodeError(DataError):
+    """A video is missing, truncated or undecodable (the dataset skips and counts it)."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    reason = text[-1] if text else type(exc).__name__
+    return reason[:200]
+
+
+class VideoReader:
+    """Base class: subclasses set `num_frames` and implement `_decode(sorted unique indices)`."""
+
+    num_frames: int = 0
+    path: str = ""
+
+    def get_frames(self, indices) -> np.ndarray:
+        """uint8 [len(indices), H, W, C] in the order given (repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            raise ValueError("get_frames needs at least one index")
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise VideoDecodeError(f"{self.path}: frame index {int(indices.max())} outside "
+                                   f"0..{self.num_frames - 1}")
+        unique, inverse = np.unique(indices, return_inverse=True)
+        frames = self._decode(unique)
+        return frames[inverse]
+
+    def _decode(self, unique: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DecordReader(VideoReader):
+    """decord: fast random access (seeks to the keyframe before each run of indices)."""
+
+    def __init__(self, path: str, num_threads: int = 1):
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, num_threads=num_threads, ctx=decord.cpu(0))
+            self.num_frames = len(self._vr)
+        except Exception as exc:  # noqa: BLE001 - decord raises several unrelated types
+            raise VideoDecodeError(f"cannot open ({_short(exc)})") from None
+        if self.num_frames <= 0:
+            raise VideoDecodeError("no frames")
+
+    def _decode(self, unique: np.ndarray) -> np.ndarray:
+        try:
+            return self._vr.get_batch(unique.tolist()).asnumpy()
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(VideoReader):
+    """PyAV: sequential decode from the start, or from a keyframe seek for late windows."""
+
+    def __init__(self, path: str, num_threads: int = 1, seek_after: int = 64):
+        import av
+
+        self.path = path
+        self.seek_after = seek_after  # below this first index, decoding from 0 beats seeking
+        try:
+            self._container = av.open(path)
+            self._stream = self._container.streams.video[0]
+            self._stream.codec_context.thread_count = num_threads
+            self.num_frames = self._stream.frames or self._count_packets()
+        except Exception as exc:  # noqa: BLE001 - av raises many error types
+            self.close()
+            raise VideoDecodeError(f"cannot open ({_short(exc)})") from None
+        if self.num_frames <= 0:
+            self.close()
+            raise VideoDecodeError("no frames")
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self._fps = float(rate) if rate else 0.0
+
+    def _count_packets(self) -> int:
+        """Containers without a frame count in the header: count video packets (no decode)."""
+        count = sum(1 for p in self._container.demux(self._stream) if p.size > 0)
+        self._container.seek(0)
+        return count
+
+    def _frame_index(self, frame, counter: int, seeked: bool) -> int:
+        if not seeked or frame.pts is None or not self._fps:
+            return counter
+        start = self._stream.start_time or 0
+        return int(round(float((frame.pts - start) * self._stream.time_base) * self._fps))
+
+    def _decode(self, unique: np.ndarray) -> np.ndarray:
+        wanted = {int(i): None for i in unique}
+        last = int(unique[-1])
+        seeked = False
+        try:
+            if unique[0] >= self.seek_after and self._fps and self._stream.time_base:
+                seconds = float(unique[0]) / self._fps
+                target = int(seconds / float(self._stream.time_base)) + (self._stream.start_time or 0)
+                self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
+                seeked = True
+            else:
+                self._container.seek(0)
+            counter = 0
+            for frame in self._container.decode(self._stream):
+                index = self._frame_index(frame, counter, seeked)
+                counter += 1
+                if index in wanted:
+                    wanted[index] = frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    break
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
+        missing = [i for i, f in wanted.items() if f is None]
+        if missing:
+            raise VideoDecodeError(f"frames {missing[:3]}... of {self.num_frames} not decodable "
+                                   "(truncated video?)" if len(missing) > 3 else
+                                   f"frames {missing} of {self.num_frames} not decodable "
+                                   "(truncated video?)")
+        return np.stack([wanted[int(i)] for i in unique])
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+            self._container = None
+
+
+class FrameFolderReader(VideoReader):
+    """A folder of images, one per frame, in sorted file-name order."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.num_frames = len(self._files)
+        if not self._files:
+            raise VideoDecodeError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder")
+
+    def _decode(self, unique: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        frames = []
+        for i in unique:
+            try:
+                with Image.open(self._files[int(i)]) as img:
+                    frames.append(np.asarray(img.convert("RGB")))
+            except Exception as exc:  # noqa: BLE001
+                raise VideoDecodeError(f"cannot read {self._files[int(i)].name} "
+                                       f"({_short(exc)})") from None
+        if any(f.shape != frames[0].shape for f in frames):
+            raise VideoDecodeError("frames of different sizes in one folder")
+        return np.stack(frames)
+
+
+def _decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def open_video(path: str, backend: str = "decord", num_threads: int = 1) -> VideoReader:
+    """Open a video file or frame folder. backend 'decord' falls back to PyAV when decord is not
+    installed or cannot read the file; 'pyav' uses PyAV only; folders always read as frames."""
+    if backend not in BACKENDS:
+        raise DataError(f"data.backend={backend!r}: use one of {list(BACKENDS)}")
+    p = Path(path)
+    if p.is_dir():
+        return FrameFolderReader(path)
+    if not p.exists():
+        raise VideoDecodeError("file not found")
+    if backend == "frames":
+        raise VideoDecodeError("is a file but data.backend=frames expects a folder of images")
+    if p.stat().st_size == 0:
+        raise VideoDecodeError("empty file (0 bytes)")
+    if backend == "pyav" or not _decord_available():
+        return PyAVReader(path, num_threads)
+    try:
+        return DecordReader(path, num_threads)
+    except VideoDecodeError as decord_error:
+        try:
+            return PyAVReader(path, num_threads)
+        except VideoDecodeError as av_error:
+            raise VideoDecodeError(f"decord: {decord_error}; pyav: {av_error}") from None
+
+
+def frame_range(num_frames: int, start: int = 0, end: int | None = None) -> tuple[int, int]:
+    """The usable [start, end) of a video given a manifest's frame range."""
+    end = num_frames if end is None else min(end, num_frames)
+    if start >= end:
+        raise VideoDecodeError(f"start_frame {start} is past the video's last frame "
+                               f"({num_frames} frames)")
+    return start, end

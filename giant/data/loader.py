@@ -1,0 +1,208 @@
+"""Sharding, collation and failure accounting between the datasets and the engine.
+
+* `ResumableDistributedSampler`: any world size; its state (epoch + samples consumed) restores
+  the exact remaining order mid-epoch, even under a different world size.
+* `collate_*`: flatten repeated clips, and carry how many reads failed in the workers (which
+  are separate processes) to the main process.
+* `FailureTracker`: in the main process, stops training with a `DataError` listing the first
+  failures once more than `data.max_fail_fraction` of reads fail.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from giant.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ResumableDistributedSampler(Sampler):
+    """Rank `rank` of `world_size` gets every world_size-th index of the epoch's permutation.
+
+    Padding (drop_last=False) wraps around the permutation so every rank gets the same count;
+    drop_last=True truncates instead. The training loop calls `advance(n)` after consuming n
+    samples on this rank; `state_dict()` then records the global position."""
+
+    def __init__(self, dataset_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False):
+        if dataset_len < 1:
+            raise DataError("cannot shard an empty dataset")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if drop_last and dataset_len < world_size:
+            raise DataError(f"drop_last with {dataset_len} videos and {world_size} ranks leaves "
+                            "no samples; use drop_last=False or a larger manifest")
+        self.dataset_len, self.rank, self.world_size = dataset_len, rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch = 0
+        self.consumed = 0  # global samples consumed this epoch (all ranks)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New epoch → start at its beginning; the epoch just restored keeps its position."""
+        if epoch != self.epoch:
+            self.consumed = 0
+        self.epoch = epoch
+
+    def _permutation(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.dataset_len)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.dataset_len, generator=g).numpy()
+
+    def _remaining(self) -> np.ndarray:
+        """Global order still to come this epoch, padded/truncated to a multiple of world size."""
+        perm = self._permutation()
+        rest = perm[self.consumed:]
+        if self.drop_last:
+            return rest[:len(rest) // self.world_size * self.world_size]
+        pad = (-len(rest)) % self.world_size
+        return np.concatenate([rest, np.resize(perm, pad)]) if pad else rest
+
+    def __iter__(self):
+        return iter(self._remaining()[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return len(self._remaining()) // self.world_size
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples this rank sees in a whole epoch (for schedules)."""
+        n = self.dataset_len
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
+    def advance(self, num_samples: int) -> None:
+        """Record that this rank consumed `num_samples` (every rank consumes the same)."""
+        self.consumed = min(self.consumed + num_samples * self.world_size, self.dataset_len)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "dataset_len": self.dataset_len, "shuffle": self.shuffle,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["dataset_len"] != self.dataset_len or state["seed"] != self.seed:
+            raise DataError(f"sampler state is for {state['dataset_len']} videos / seed "
+                            f"{state['seed']}, this run has {self.dataset_len} / {self.seed}; "
+                            "resume with the same manifest and stage.seed")
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        if state.get("world_size", self.world_size) != self.world_size:
+            log.info("resuming sampler saved with world size %s on %s ranks: the remaining "
+                     "%d samples are re-sharded", state["world_size"], self.world_size,
+                     self.dataset_len - self.consumed)
+
+
+def _failures(samples: list[dict]) -> dict:
+    return {"num_videos": sum(1 for s in samples if s.get("valid", True)),
+            "num_failed": sum(s["failed"] for s in samples),
+            "failed_paths": [p for s in samples for p in s["failed_paths"]],
+            "failed_reasons": [r for s in samples for r in s["failed_reasons"]],
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64)}
+
+
+def collate_pretrain(samples: list[dict]) -> dict:
+    """video uint8 [B·R, C, T, H, W], enc_keep [B·R, K], dec_keep [B·R, M] + failure info."""
+    out = {"video": torch.cat([s["video"] for s in samples])}
+    for key in ("enc_keep", "dec_keep"):
+        if key in samples[0]:
+            out[key] = torch.cat([s[key] for s in samples])
+    out.update(_failures(samples))
+    return out
+
+
+def collate_labeled(samples: list[dict]) -> dict:
+    """video uint8 [B·R, C, T, H, W], label int64 [B·R] (labels repeat with their clips),
+    valid bool [B·R] (False = unreadable eval video, zeros) + failure info."""
+    videos = [s["video"] if s["video"].dim() == 5 else s["video"][None] for s in samples]
+    repeats = torch.tensor([v.shape[0] for v in videos])
+    out = {"video": torch.cat(videos),
+           "label": torch.tensor([s["label"] for s in samples]).repeat_interleave(repeats),
+           "valid": torch.tensor([s["valid"] for s in samples]).repeat_interleave(repeats)}
+    out.update(_failures(samples))
+    return out
+
+
+def collate_test(samples: list[dict]) -> dict:
+    """video uint8 [B, V, C, T, H, W] (views kept per video for score averaging), label [B]."""
+    out = {"video": torch.stack([s["video"] for s in samples]),
+           "label": torch.tensor([s["label"] for s in samples]),
+           "valid": torch.tensor([s["valid"] for s in samples])}
+    out.update(_failures(samples))
+    return out
+
+
+class FailureTracker:
+    """Main-process tally of unreadable videos reported by the collated batches."""
+
+    def __init__(self, max_fail_fraction: float = 0.01, min_fail_count: int = 20, keep: int = 10):
+        self.max_fail_fraction, self.min_fail_count, self.keep = max_fail_fraction, min_fail_count, keep
+        self.attempts = 0
+        self.failed = 0
+        self.first: list[str] = []  # "path: reason" of the first `keep` failures
+
+    @classmethod
+    def from_config(cls, cfg) -> "FailureTracker":
+        return cls(cfg.data.max_fail_fraction, cfg.data.min_fail_count)
+
+    def update(self, batch: dict) -> None:
+        """Add one collated batch's counts, then raise DataError if past the threshold."""
+        self.add(batch["num_videos"], batch["num_failed"], batch["failed_paths"],
+                 batch.get("failed_reasons"))
+        self.check()
+
+    def add(self, num_ok: int, num_failed: int, paths=(), reasons=None) -> None:
+        self.attempts += int(num_ok) + int(num_failed)
+        self.failed += int(num_failed)
+        reasons = reasons or ["unreadable"] * len(paths)
+        for path, reason in zip(paths, reasons):
+            if len(self.first) < self.keep:
+                self.first.append(f"{path}: {reason}")
+
+    @property
+    def fraction(self) -> float:
+        return self.failed / self.attempts if self.attempts else 0.0
+
+    def check(self) -> None:
+        if self.failed >= self.min_fail_count and self.fraction > self.max_fail_fraction:
+            listing = "\n  ".join(self.first)
+            raise DataError(
+                f"{self.failed} of {self.attempts} video reads failed ({self.fraction:.2%} > "
+                f"data.max_fail_fraction={self.max_fail_fraction:g}); first failures:\n  {listing}\n"
+                "Fix or drop these entries (`giant data validate MANIFEST` lists every bad line) "
+                "or raise data.max_fail_fraction.")
+
+    def state_dict(self) -> dict:
+        return {"attempts": self.attempts, "failed": self.failed, "first": list(self.first)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.attempts, self.failed = int(state["attempts"]), int(state["failed"])
+        self.first = list(state["first"])
+
+
+def _worker_init(_: int) -> None:
+    # one process per core already; intra-op threads in each would oversubscribe the CPU
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset, sampler: Optional[Sampler], batch_size: int, num_workers: int,
+                collate_fn, pin_memory: bool = False, prefetch_factor: int = 2,
+                timeout: float = 0) -> DataLoader:
+    """A DataLoader with the settings the datasets rely on: workers are re-created each epoch
+    (not persistent) so they see `dataset.set_epoch`, one torch thread per worker."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,
+                      persistent_workers=False, worker_init_fn=_worker_init,
+                      prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                      timeout=timeout if num_workers > 0 else 0)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch on the sampler and the dataset before `iter(loader)`."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

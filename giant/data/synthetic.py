@@ -1,0 +1,154 @@
+"""Small real .mp4 videos with a label only motion can reveal.
+
+The demo and the tests must exercise the real decode path (container, codec, seeking), so these
+are genuine H.264 files (mpeg4 where libx264 is missing). Each video shows a few shapes on a
+static textured background, all drifting in one direction; the label is that direction, so no
+single frame predicts it. Everything is drawn from one seed: same seed, same pixels.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# (dx, dy) per class; the first `num_classes` are used.
+DIRECTIONS = {
+    "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
+    "down-right": (1, 1), "up-left": (-1, -1), "down-left": (-1, 1), "up-right": (1, -1),
+}
+
+
+@dataclass
+class SynthSet:
+    """Paths of a written synthetic set (manifests are CSV, paths relative to `root`)."""
+
+    root: Path
+    train_manifest: Path
+    val_manifest: Path
+    class_names: list
+    videos: list  # every written video, in index order
+    labels: list  # label of each video in `videos`
+    codec: str
+
+
+def pick_codec() -> str:
+    """libx264 when this PyAV build can encode it, else mpeg4 (always built in)."""
+    import av
+
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return "mpeg4"
+
+
+def render_video(rng: np.random.Generator, num_frames: int, height: int, width: int,
+                 direction: tuple[int, int]) -> np.ndarray:
+    """uint8 [T, H, W, 3]: 2-4 shapes wrapping around the frame at a common velocity."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = rng.integers(40, 200, size=3)
+    tilt = rng.uniform(-0.5, 0.5, size=(2, 3))
+    background = base + tilt[0] * yy[..., None] * 64 / height + tilt[1] * xx[..., None] * 64 / width
+    background = background + rng.normal(0, 6, size=(height, width, 3))
+    speed = rng.uniform(1.0, 2.0) * max(height, width) / 64
+    vx, vy = direction[0] * speed, direction[1] * speed
+    shapes = []
+    for _ in range(int(rng.integers(2, 5))):
+        shapes.append(dict(
+            x=rng.uniform(0, width), y=rng.uniform(0, height),
+            rx=rng.uniform(0.07, 0.15) * width, ry=rng.uniform(0.07, 0.15) * height,
+            color=rng.integers(0, 256, size=3), round=bool(rng.integers(0, 2))))
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        canvas = background.copy()
+        for s in shapes:
+            # signed distance on the torus, so shapes leave one edge and enter the other
+            dx = (xx - (s["x"] + vx * t) + width / 2) % width - width / 2
+            dy = (yy - (s["y"] + vy * t) + height / 2) % height - height / 2
+            if s["round"]:
+                inside = (dx / s["rx"]) ** 2 + (dy / s["ry"]) ** 2 <= 1
+            else:
+                inside = (np.abs(dx) <= s["rx"]) & (np.abs(dy) <= s["ry"])
+            canvas[inside] = s["color"]
+        frames[t] = np.clip(canvas, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str | None = None,
+                gop: int | None = None) -> str:
+    """Encode uint8 [T, H, W, 3] to `path` (H and W must be even). Returns the codec used."""
+    import av
+
+    codec = codec or pick_codec()
+    _, height, width, _ = frames.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.thread_count = 1  # same bytes on every machine
+        if gop:
+            stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast", "crf": "18"}
+        else:
+            stream.codec_context.bit_rate = 8 * width * height * fps // 4
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return codec
+
+
+def _split(labels: list[int], val_fraction: float) -> list[bool]:
+    """is_val per video: the last ceil(fraction·n_c) videos of each class (at least one)."""
+    is_val = [False] * len(labels)
+    for c in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == c]
+        n_val = 0 if val_fraction <= 0 else max(1, int(np.ceil(val_fraction * len(members))))
+        n_val = min(n_val, len(members) - 1)
+        for i in members[len(members) - n_val:]:
+            is_val[i] = True
+    return is_val
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, int]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "source"])
+        for rel, label in rows:
+            writer.writerow([rel, label, "synthetic"])
+
+
+def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: int = 32,
+                        height: int = 64, width: int = 64, num_classes: int = 4, seed: int = 0,
+                        val_fraction: float = 0.25, fps: int = 25, gop: int | None = None,
+                        codec: str | None = None) -> SynthSet:
+    """Write `num_videos` videos + train.csv / val.csv / classes.txt into `out_dir`."""
+    if not 1 <= num_classes <= len(DIRECTIONS):
+        raise ValueError(f"num_classes must be in 1..{len(DIRECTIONS)}, got {num_classes}")
+    if height % 2 or width % 2:
+        raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    names = list(DIRECTIONS)[:num_classes]
+    rng = np.random.default_rng(seed)
+    labels = [int(y) for y in rng.permutation(np.arange(num_videos) % num_classes)]
+    codec = codec or pick_codec()
+    videos = []
+    for i, label in enumerate(labels):
+        frames = render_video(rng, num_frames, height, width, DIRECTIONS[names[label]])
+        path = out / "videos" / f"{i:05d}.mp4"
+        write_video(path, frames, fps=fps, codec=codec, gop=gop)
+        videos.append(path)
+    is_val = _split(labels, val_fraction)
+    rows = [(f"videos/{p.name}", y) for p, y in zip(videos, labels)]
+    _write_manifest(out / "train.csv", [r for r, v in zip(rows, is_val) if not v])
+    _write_manifest(out / "val.csv", [r for r, v in zip(rows, is_val) if v])
+    (out / "classes.txt").write_text("\n".join(names) + "\n")
+    log.info("wrote %d synthetic videos (%s, %dx%d, %d frames) to %s",
+             num_videos, codec, width, height, num_frames, out)
+    return SynthSet(out, out / "train.csv", out / "val.csv", names, videos, labels, codec)

@@ -7,6 +7,7 @@ directory and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,28 @@ from typing import Any, Optional, Union
 import yaml
 
 from giant.errors import ConfigError
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (so `off` stays the string "off") and
+    `1e-3` is a float, as users expect from recipes."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag not in (
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+               r"|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 @dataclass
@@ -181,11 +204,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if base is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-3" as a string
-        except ValueError:
-            pass
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is bool and isinstance(value, bool):
@@ -240,7 +258,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=1e-3")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "", f"override '{item}'")
+        _set_dotted(tree, key.strip(), yaml_load(raw) if raw != "" else "", f"override '{item}'")
     return tree
 
 
@@ -263,7 +281,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {path}: invalid YAML: {exc}") from exc
         where = str(path)

@@ -47,3 +47,12 @@ def test_dump_round_trip(tmp_path):
     assert to_dict(again) == to_dict(cfg)
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["optim"]["clip_grad"] == 0.02
     assert isinstance(RunConfig().model.num_frames, int)
+
+
+def test_yaml_1_2_scalars(tmp_path):
+    """`off` must stay a string (YAML 1.1 would make it False) and 1e-3 must be a float."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("engine: {activation_checkpointing: off}\noptim: {blr: 1e-3}\n")
+    cfg = load_config(recipe, ["logging.progress=false"])
+    assert cfg.engine.activation_checkpointing == "off"
+    assert cfg.optim.blr == 1e-3 and cfg.logging.progress is False

@@ -1,0 +1,133 @@
+"""`giant bench`: steps/s, clips/s, achieved TFLOP/s, MFU and peak memory of real training steps.
+
+It builds the same engine as training (DeepSpeed JSON + precision policy + activation
+checkpointing) and feeds it synthetic uint8 clips already on the device, so the number is the
+model/engine cost alone; loader throughput is measured separately by `giant data bench`.
+FLOPs come from `giant.flops` (analytic, matmuls only, ×3 for backward) — the same convention
+as the papers, so MFU is comparable with SPEC §6.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+
+from giant.config import load_config
+from giant.data.transforms import normalize_on_device
+from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
+                                    init_distributed)
+from giant.engine.metrics import Throughput, memory_stats
+from giant.engine.precision import apply_precision
+from giant.flops import train_flops_per_clip
+from giant.masking import MaskGenerator, token_grid
+from giant.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="giant bench", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help="size name (tiny, vit_s ... vit_g)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=2, help="clips per device per micro-step")
+    p.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3], help="ZeRO stage")
+    p.add_argument("--ds", default=None, help="DeepSpeed JSON (default ds_configs/zero{N}.json)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="encoder precision (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--act-ckpt", default="off", help="off | all | first:N")
+    p.add_argument("--mask-ratio", type=float, default=0.9)
+    p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
+    return p.parse_args(argv)
+
+
+def _config(args: argparse.Namespace):
+    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    precision = args.precision or ("bf16" if on_gpu else "fp32")
+    overrides = [
+        f"model.name={args.model}", f"model.num_frames={args.frames}",
+        f"model.img_size={args.img_size}", f"optim.batch_size={args.batch}", "data.num_sample=1",
+        "optim.accum_steps=1", f"optim.total_steps={args.warmup + args.steps}", "optim.warmup_steps=0",
+        f"precision.encoder={precision}", f"engine.activation_checkpointing={args.act_ckpt}",
+        f"engine.ds_config={args.ds or f'ds_configs/zero{args.zero}.json'}",
+        f"mask.ratio={args.mask_ratio}", f"mask.decoder_ratio={args.decoder_mask_ratio}",
+        f"mask.decoder={'running_cell' if args.decoder_mask_ratio > 0 else 'none'}",
+        f"stage.device={args.device}", *args.overrides]
+    return load_config(None, overrides)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = _config(args)
+    rank, world, _, device = init_distributed(cfg)
+    torch.manual_seed(cfg.stage.seed + rank)
+    model = build_model(cfg.model, "pretrain")
+    apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
+    apply_precision(model, cfg.precision.encoder, device.type)
+    engine, info = build_engine(model, cfg, device)
+    mcfg = cfg.model.resolved()
+    g = torch.Generator().manual_seed(rank)
+    enc, dec = MaskGenerator(cfg.mask, token_grid(mcfg)).batch(args.batch, g)
+    raw = torch.randint(0, 256, (args.batch, 3, mcfg.num_frames, mcfg.img_size, mcfg.img_size),
+                        dtype=torch.uint8, generator=g)
+    video = normalize_on_device(raw.to(device), cfg.data.mean, cfg.data.std)
+    enc, dec = enc.to(device), dec.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elapsed, loss = 0.0, float("nan")
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        info.loss_scaler.before_step(engine)
+        out = engine(video, enc, dec)
+        engine.backward(out.loss)
+        engine.step()
+        _sync(device)
+        if i >= args.warmup:
+            elapsed += time.perf_counter() - t0
+        loss = float(out.loss.detach())
+    clips = args.steps * args.batch * world
+    tput = Throughput(train_flops_per_clip(mcfg, cfg.mask), device, cfg.precision.encoder, world)
+    result = {"model": args.model, "frames": mcfg.num_frames, "img_size": mcfg.img_size,
+              "batch_per_device": args.batch, "world_size": world, "zero": info.zero_stage,
+              "precision": cfg.precision.encoder, "act_ckpt": cfg.engine.activation_checkpointing,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "steps": args.steps, "steps_per_s": args.steps / elapsed,
+              "train_flops_per_clip": tput.flops_per_clip, "last_loss": loss,
+              **tput.update(clips, elapsed), **memory_stats(device)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv or [])
+    result = run(args)
+    if torch.distributed.get_rank() == 0:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            mfu = f"{100 * result['mfu']:.1f}%" if "mfu" in result else "n/a (unknown peak)"
+            mem = ", ".join(f"{k} {v:.2f}" for k, v in result.items() if k.startswith("mem_"))
+            print(f"{result['model']} {result['frames']}x{result['img_size']} batch "
+                  f"{result['batch_per_device']}/device x {result['world_size']} | ZeRO-{result['zero']} "
+                  f"{result['precision']} ckpt={result['act_ckpt']} on {result['device']}\n"
+                  f"  {result['steps_per_s']:.3f} steps/s, {result['clips_per_s']:.2f} clips/s, "
+                  f"{result['tflops']:.3f} TFLOP/s/device, MFU {mfu}, {mem}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,308 @@
+"""Engine checkpoints (resume) and consolidated weights (next stage).
+
+Layout under `RUN_DIR/checkpoints/`:
+    latest                 text: the tag of the newest COMPLETE checkpoint
+    step_00001200/         DeepSpeed files + giant_meta.json + rng_rankNNNNN.pt
+    .tmp_step_00001300/    a save in progress (ignored, removed by the next save)
+
+Atomicity: every rank writes into `.tmp_<tag>` (DeepSpeed's save_checkpoint with that tag and
+`save_latest=False`, then its own RNG file); after a barrier rank 0 writes giant_meta.json,
+renames the directory to `<tag>` (rename is atomic on POSIX) and swaps `latest` via os.replace.
+A crash at any moment leaves `latest` naming a complete checkpoint; resume also falls back to
+the newest directory that has giant_meta.json if `latest` is missing. Assumes the checkpoint
+directory is on a filesystem all ranks share (the usual cluster setup).
+
+Export uses DeepSpeed's zero_to_fp32 (any ZeRO stage, ZeRO-3 included) and needs neither the
+training world size nor a GPU: `giant export RUN_DIR`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from giant.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+META = "giant_meta.json"
+LATEST = "latest"
+TAG_RE = re.compile(r"^step_(\d{8,})$")
+WEIGHTS, MODEL_JSON = "weights.safetensors", "model.json"
+FORMAT = "giant-weights-v1"
+# Model fields that decide parameter shapes: a checkpoint must match them to be resumed.
+ARCH_KEYS = ("name", "img_size", "num_frames", "tubelet_size", "in_chans", "patch_size", "embed_dim",
+             "depth", "num_heads", "mlp_ratio", "decoder_embed_dim", "decoder_depth",
+             "decoder_num_heads", "decoder_mlp_ratio", "num_classes")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    """Write via a temp file + os.replace so readers see the old or the new content, never half."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- listing
+def list_checkpoints(root: Path) -> list[tuple[int, str]]:
+    """Complete checkpoints (those with giant_meta.json), oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        m = TAG_RE.match(d.name)
+        if m and (d / META).is_file():
+            found.append((int(m.group(1)), d.name))
+    return sorted(found)
+
+
+def latest_tag(root: Path) -> Optional[str]:
+    """`latest` if it names a complete checkpoint, else the newest complete one, else None."""
+    latest = root / LATEST
+    if latest.is_file():
+        tag = latest.read_text().strip()
+        if (root / tag / META).is_file():
+            return tag
+        log.warning("%s names %r, which is incomplete or missing; using the newest complete one", latest, tag)
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def read_meta(tag_dir: Path) -> dict:
+    try:
+        return json.loads((tag_dir / META).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{tag_dir / META}: unreadable ({exc}); pick another checkpoint "
+                              "with checkpoint.resume=PATH or delete this directory") from exc
+
+
+# ----------------------------------------------------------------------------- save
+class CheckpointManager:
+    """Save / resume / prune engine checkpoints of one run (`root` = RUN_DIR/checkpoints)."""
+
+    def __init__(self, root: str | Path, keep_last: int = 2):
+        self.root = Path(root)
+        self.keep_last = max(1, keep_last)
+
+    def save(self, engine: Any, step: int, client_state: dict, meta: dict) -> Path:
+        """Collective: every rank must call. Returns the final checkpoint directory."""
+        tag, rank = tag_for(step), _rank()
+        tmp, final = self.root / f".tmp_{tag}", self.root / tag
+        t0 = time.time()
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # leftover of a crashed save
+                shutil.rmtree(tmp)
+        _barrier()
+        engine.save_checkpoint(str(self.root), tag=tmp.name, client_state=client_state, save_latest=False)
+        torch.save(rng_state(), tmp / f"rng_rank{rank:05d}.pt")
+        _barrier()
+        if rank == 0:
+            _fsync_write(tmp / META, json.dumps({**meta, "step": step, "tag": tag,
+                                                 "saved_at": time.time()}, indent=2))
+            if final.exists():  # re-saving a step (e.g. after resuming from it): replace
+                trash = self.root / f".old_{tag}"
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.rename(tmp, final)
+            _fsync_write(self.root / LATEST, tag)
+            self._prune(keep=tag)
+            log.info("checkpoint %s saved in %.1fs", final, time.time() - t0)
+        _barrier()
+        return final
+
+    def _prune(self, keep: str) -> None:
+        found = [t for _, t in list_checkpoints(self.root)]
+        for tag in found[:-self.keep_last]:
+            if tag != keep:
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+        for d in self.root.glob(".tmp_*"):  # abandoned partial saves of older steps
+            if d.name != f".tmp_{keep}":
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ------------------------------------------------------------------------- resume
+    def find(self, resume: str) -> Optional[tuple[Path, str]]:
+        """checkpoint.resume → (checkpoints dir, tag) or None for a fresh start."""
+        if resume == "never":
+            return None
+        if resume == "auto":
+            tag = latest_tag(self.root)
+            return (self.root, tag) if tag else None
+        path = Path(resume)
+        if (path / META).is_file():  # a tag directory
+            return path.parent, path.name
+        for root in (path, path / "checkpoints"):
+            tag = latest_tag(root)
+            if tag:
+                return root, tag
+        raise CheckpointError(f"checkpoint.resume={resume}: no complete checkpoint there (expected a "
+                              f"run dir, its checkpoints/ dir or a step_* dir containing {META})")
+
+    def load(self, engine: Any, root: Path, tag: str, expect: dict) -> dict:
+        """Restore engine + this rank's RNG; check the checkpoint fits `expect`. → client_state."""
+        meta = read_meta(root / tag)
+        check_compatible(meta, expect, root / tag)
+        try:
+            path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True,
+                                                  load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+        except (RuntimeError, KeyError, ValueError, FileNotFoundError) as exc:
+            raise CheckpointError(f"{root / tag}: cannot be loaded into this model/engine ({exc}); "
+                                  "resume with the recipe that wrote it or set checkpoint.resume=never") from exc
+        if path is None:
+            raise CheckpointError(f"{root / tag}: DeepSpeed found no checkpoint files; delete it or "
+                                  "set checkpoint.resume=never")
+        rng_file = root / tag / f"rng_rank{_rank():05d}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        log.info("resumed from %s (step %d)", root / tag, meta["step"])
+        return client
+
+
+def check_compatible(meta: dict, expect: dict, where: Path) -> None:
+    """Same model architecture and, for ZeRO shards, the same data-parallel world size."""
+    got, want = meta.get("model", {}), expect.get("model", {})
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    if diff:
+        pairs = ", ".join(f"model.{k}: checkpoint {got.get(k)!r} vs recipe {want.get(k)!r}" for k in diff[:4])
+        raise CheckpointError(f"{where} holds a different model ({pairs}); use the recipe that wrote it, "
+                              "another stage.run_dir, or checkpoint.resume=never")
+    if meta.get("kind") and expect.get("kind") and meta["kind"] != expect["kind"]:
+        raise CheckpointError(f"{where} is a {meta['kind']} checkpoint, this run trains a {expect['kind']} "
+                              "model; use checkpoint.init_from for weights from another stage")
+    if meta.get("world_size") != expect.get("world_size") and meta.get("zero_stage", 0) > 0:
+        raise CheckpointError(
+            f"{where} was written by {meta.get('world_size')} ranks (ZeRO-{meta.get('zero_stage')} "
+            f"shards), this run has {expect.get('world_size')}: relaunch with the same number of "
+            f"ranks, or `giant export` it and start a new run with checkpoint.init_from")
+
+
+# ----------------------------------------------------------------------------- export
+def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
+    """FP32 full state dict from any ZeRO stage, on CPU, without a process group."""
+    meta = read_meta(root / tag)
+    if meta.get("zero_stage", 0) == 0:
+        files = sorted((root / tag).glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise CheckpointError(f"{root / tag}: no mp_rank_*_model_states.pt; the checkpoint is incomplete")
+        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        chatter = io.StringIO()  # it print()s its progress and draws a tqdm bar
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        log.debug("zero_to_fp32: %s", chatter.getvalue().strip())
+        return state
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{root / tag}: cannot consolidate ZeRO shards ({exc})") from exc
+
+
+def export_weights(root: str | Path, out_dir: str | Path, tag: Optional[str] = None,
+                   provenance: Optional[dict] = None) -> tuple[Path, Path]:
+    """Write out_dir/weights.safetensors (fp32) + out_dir/model.json from one checkpoint."""
+    from safetensors.torch import save_file
+
+    root, out_dir = Path(root), Path(out_dir)
+    tag = tag or latest_tag(root)
+    if not tag:
+        raise CheckpointError(f"{root}: no complete checkpoint to export (train first, or point at a "
+                              "run dir / its checkpoints dir)")
+    meta = read_meta(root / tag)
+    state = consolidated_state_dict(root, tag)
+    # Own, contiguous fp32 copies: safetensors refuses views that share storage.
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights, model_json = out_dir / WEIGHTS, out_dir / MODEL_JSON
+    tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, weights)
+    info = {"format": FORMAT, "kind": meta.get("kind", "pretrain"),
+            "model": meta.get("model_full", meta.get("model", {})),
+            "mask": meta.get("mask"), "num_params": int(sum(t.numel() for t in tensors.values())),
+            "provenance": {"checkpoint": str((root / tag).resolve()), "step": meta.get("step"),
+                           "stage": meta.get("stage"), "zero_stage": meta.get("zero_stage"),
+                           "world_size": meta.get("world_size"), "exported_at": time.time(),
+                           **(provenance or {})}}
+    _fsync_write(model_json, json.dumps(info, indent=2) + "\n")
+    log.info("exported %d tensors (%d params) from %s to %s", len(tensors), info["num_params"],
+             root / tag, weights)
+    return weights, model_json
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, model.json) from an exported directory (or its weights file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    d = path if path.is_dir() else path.parent
+    if not (d / WEIGHTS).is_file() or not (d / MODEL_JSON).is_file():
+        raise CheckpointError(f"{d}: expected {WEIGHTS} and {MODEL_JSON} (run `giant export RUN_DIR` first)")
+    info = json.loads((d / MODEL_JSON).read_text())
+    return load_file(str(d / WEIGHTS)), info
+
+
+def _resolve_root(path: Path) -> tuple[Path, Optional[str]]:
+    if (path / META).is_file():
+        return path.parent, path.name
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints", None
+    return path, None
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`giant export RUN_DIR [--tag step_N] [--out DIR]`: consolidate for the next stage."""
+    p = argparse.ArgumentParser(prog="giant export", description=main.__doc__)
+    p.add_argument("path", help="run dir, its checkpoints/ dir, or one step_* checkpoint dir")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest complete)")
+    p.add_argument("--out", default=None, help="output dir (default: the run dir)")
+    args = p.parse_args(argv)
+    root, tag = _resolve_root(Path(args.path))
+    out = Path(args.out) if args.out else (root.parent if root.name == "checkpoints" else root)
+    weights, model_json = export_weights(root, out, args.tag or tag)
+    log.info("wrote %s and %s", weights, model_json)
+    return 0

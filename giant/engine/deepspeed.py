@@ -1,0 +1,351 @@
+"""Build the DeepSpeed engine: DeepSpeed JSON (engine settings) + recipe (training settings).
+
+The JSON owns how the engine runs (ZeRO stage, buckets, offload, fp16 loss-scaling knobs,
+communication). The recipe owns what is trained (micro batch, accumulation, clipping, optimizer,
+schedule). Recipe-owned keys are filled into the JSON here; a JSON value that disagrees with the
+recipe is a ConfigError naming both, never a silent override. Activation checkpointing and the
+ZeRO-3 leaf-module marking are applied here too, by wrapping modules: model code stays unaware.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from giant.config import OptimConfig, RunConfig
+from giant.engine.precision import LossScaleConfig, LossScaler, build_loss_scaler
+from giant.engine.schedule import peak_lr
+from giant.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+# Modules whose forward reads a child's weight directly (Attention uses qkv.weight in F.linear):
+# ZeRO-3 must gather the whole subtree when they run, not child by child.
+ZERO3_LEAF_MODULES = ["Attention"]
+
+
+# ----------------------------------------------------------------------------- distributed
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: RunConfig) -> tuple[int, int, int, torch.device]:
+    """Start (or join) the process group → (rank, world_size, local_rank, device).
+
+    Launched by `deepspeed`/`torchrun` the env is set; a plain `python launch/pretrain.py`
+    becomes a 1-rank world so the same code path runs everywhere.
+    """
+    import deepspeed
+
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = cfg.stage.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"stage.device={dev!r} but no CUDA device is visible; use stage.device=cpu")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device(dev)
+    backend = cfg.engine.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device
+
+
+# ----------------------------------------------------------------------------- config merge
+def find_ds_config(path: str) -> Path:
+    """The JSON as given, else relative to the source checkout (so cwd does not matter)."""
+    p = Path(path)
+    if not p.is_file() and not p.is_absolute() and (_REPO_ROOT / p).is_file():
+        p = _REPO_ROOT / p
+    if not p.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist (engine.ds_config / --ds; "
+                          "shipped ones are ds_configs/zero1.json, zero2.json, zero3.json, zero3_offload.json)")
+    return p
+
+
+def load_ds_json(path: str | Path) -> dict:
+    p = find_ds_config(str(path))
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a JSON object at the top level")
+    return data
+
+
+def resolve_optim(optim: OptimConfig, global_batch_clips: int) -> OptimConfig:
+    """Copy with the absolute lr filled in (blr scaled by the global batch incl. repeats)."""
+    return dataclasses.replace(optim, lr=peak_lr(optim, global_batch_clips))
+
+
+def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]:
+    """Recipe-owned DeepSpeed keys → (value, the recipe expression that sets it)."""
+    micro = cfg.optim.batch_size * cfg.data.num_sample
+    return {
+        "train_micro_batch_size_per_gpu": (micro, "optim.batch_size×data.num_sample"),
+        "gradient_accumulation_steps": (cfg.optim.accum_steps, "optim.accum_steps"),
+        "train_batch_size": (micro * cfg.optim.accum_steps * world_size,
+                             "optim.batch_size×data.num_sample×optim.accum_steps×world_size"),
+        "gradient_clipping": (float(cfg.optim.clip_grad or 0.0), "optim.clip_grad"),
+    }
+
+
+def _check_precision_sections(ds: dict, cfg: RunConfig, where: str) -> None:
+    enc = cfg.precision.encoder
+    for section, want in (("fp16", enc == "fp16"), ("bf16", enc == "bf16")):
+        enabled = ds.get(section, {}).get("enabled", "auto")
+        if enabled != "auto" and bool(enabled) != want:
+            raise ConfigError(
+                f"{where}: {section}.enabled={json.dumps(enabled)} but recipe precision.encoder={enc} "
+                f"— set {section}.enabled to \"auto\" (or remove it) and choose the precision in the recipe")
+    if ds.get("bfloat16"):
+        raise ConfigError(f"{where}: use the 'bf16' section name, not 'bfloat16'")
+    if ds.get("torch_autocast", {}).get("enabled"):
+        raise ConfigError(f"{where}: torch_autocast.enabled=true would autocast the decoder and loss too; "
+                          "remove the section and set precision.encoder=bf16|fp16 in the recipe")
+
+
+def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
+                    use_torch_optimizer_with_offload: bool = True) -> tuple[dict, LossScaleConfig]:
+    """JSON + recipe → the dict given to deepspeed.initialize, plus fp16 loss-scaling settings.
+
+    The JSON's fp16 section only configures giant's loss scaler (the model itself is never cast
+    by DeepSpeed, see engine/precision.py), so it is replaced by `{"enabled": false}` here and
+    recorded under the `giant` key of the written JSON.
+    """
+    out = copy.deepcopy(ds)
+    for key in ("optimizer", "scheduler"):
+        if key in out:
+            raise ConfigError(f"{where}: '{key}' is set in the JSON but the recipe owns it "
+                              f"(optim.* in the recipe) — remove '{key}' from the JSON")
+    for key, (value, expr) in _owned_values(cfg, world_size).items():
+        given = out.get(key, "auto")
+        if given != "auto" and given != value and not (key == "gradient_clipping" and given == value):
+            raise ConfigError(f"{where}: {key}={json.dumps(given)} but recipe {expr}={value} "
+                              f"— remove it from the JSON or change the recipe")
+        out[key] = value
+    _check_precision_sections(out, cfg, where)
+    scale_cfg = LossScaleConfig.from_ds_section(
+        {k: v for k, v in out.get("fp16", {}).items() if k != "enabled"}, where)
+    out["fp16"] = {"enabled": False}
+    out["bf16"] = {"enabled": False}
+    out.pop("torch_autocast", None)
+    out.setdefault("steps_per_print", 1 << 30)  # giant logs; keep DeepSpeed's own report quiet
+    out.setdefault("wall_clock_breakdown", False)
+    zero = out.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    if offload and use_torch_optimizer_with_offload:
+        out.setdefault("zero_force_ds_cpu_optimizer", False)
+    out["giant"] = {"encoder_precision": cfg.precision.encoder,
+                    "loss_scaling": dataclasses.asdict(scale_cfg) if cfg.precision.encoder == "fp16" else None,
+                    "source": where}
+    return out, scale_cfg
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+# ----------------------------------------------------------------------------- param groups
+_NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token")
+
+
+def _strip(name: str) -> str:
+    for prefix in ("module.", "_orig_mod.", "encoder."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """SPEC §5 layer index: embed/tokens/pos → 0, encoder block k → k+1, the rest → L+1."""
+    short = _strip(name)
+    if short.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
+        return 0
+    m = re.match(r"blocks\.(\d+)\.", short)
+    if m and not name.startswith("decoder."):
+        return int(m.group(1)) + 1
+    return num_layers + 1
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """1-D params (norms, biases incl. q_bias/v_bias), biases, position and mask tokens."""
+    return param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None,
+                 num_layers: Optional[int] = None) -> list[dict]:
+    """AdamW groups carrying `lr_scale` / `wd_scale`; the loop multiplies them in every step."""
+    if layer_decay is not None and num_layers is None:
+        blocks = getattr(getattr(model, "encoder", model), "blocks", None)
+        num_layers = len(blocks) if blocks is not None else 0
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = no_weight_decay(name, p)
+        lid = layer_id(name, num_layers) if layer_decay is not None else 0
+        key = (skip, lid)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - lid) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "names": [], "lr_scale": scale,
+                           "wd_scale": 0.0 if skip else 1.0,
+                           "weight_decay": 0.0 if skip else weight_decay}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    out = [groups[k] for k in sorted(groups)]
+    for g in out:  # names are for logs/tests; optimizers must not carry them around
+        g["num_params"] = sum(p.numel() for p in g["params"])
+        g.pop("names")
+    return out
+
+
+def set_lr_wd(optimizer: Any, lr: float, wd: float) -> None:
+    """Write this step's lr / wd into every group, honouring its layer and no-decay scales."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["weight_decay"] = wd * g.get("wd_scale", 1.0)
+
+
+# ----------------------------------------------------------------------------- activation ckpt
+def _checkpoint_forward(module: nn.Module) -> None:
+    inner = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return inner(*args, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+    module.forward = forward  # instance attribute: state_dict keys and class unchanged
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
+    """off | all (encoder + decoder blocks) | first:N (first N encoder blocks). → #wrapped."""
+    if mode == "off":
+        return 0
+    enc_blocks = getattr(getattr(model, "encoder", model), "blocks", None)
+    if enc_blocks is None:
+        raise ConfigError(f"engine.activation_checkpointing={mode}: {type(model).__name__} has no blocks")
+    if mode == "all":
+        targets = list(enc_blocks)
+        dec = getattr(model, "decoder", None)
+        targets += list(getattr(dec, "blocks", []))
+    else:
+        n = int(mode.split(":", 1)[1])
+        if n > len(enc_blocks):
+            raise ConfigError(f"engine.activation_checkpointing={mode}: the encoder has only "
+                              f"{len(enc_blocks)} blocks; use first:{len(enc_blocks)} or all")
+        targets = list(enc_blocks[:n])
+    for blk in targets:
+        _checkpoint_forward(blk)
+    return len(targets)
+
+
+# ----------------------------------------------------------------------------- ZeRO-3 outputs
+_NT_CACHE: dict[type, type] = {}
+
+
+def _as_namedtuple(value: Any) -> Any:
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    cls = type(value)
+    if cls not in _NT_CACHE:
+        fields = [f.name for f in dataclasses.fields(cls)]
+        _NT_CACHE[cls] = collections.namedtuple(cls.__name__, fields)
+    return _NT_CACHE[cls](**{f: getattr(value, f) for f in _NT_CACHE[cls]._fields})
+
+
+def tuple_outputs(model: nn.Module) -> None:
+    """Return dataclass outputs (MAEOutput) as namedtuples with the same fields.
+
+    ZeRO-3 re-gathers the root module's own parameters (e.g. `mask_token`) in backward through
+    hooks on the tensors the forward returns, and it only looks inside tuples/lists/dicts; a
+    dataclass hides `loss` from it and backward then meets a released (size-0) parameter.
+    """
+    if getattr(model, "_giant_tuple_outputs", False):
+        return
+    inner = model.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return _as_namedtuple(inner(*args, **kwargs))
+
+    model.forward = forward
+    model._giant_tuple_outputs = True
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class EngineInfo:
+    ds_config: dict
+    optim: OptimConfig  # resolved: absolute lr filled in
+    loss_scaler: LossScaler
+    world_size: int
+    zero_stage: int
+    global_batch_clips: int
+
+
+def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.device, offload: bool) -> Any:
+    """torch AdamW (no JIT build); DeepSpeedCPUAdam only for GPU runs with optimizer offload."""
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    if offload and device.type == "cuda":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, fused=device.type == "cuda" and not offload, **kwargs)
+
+
+def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
+                 run_dir: Optional[Path] = None, rank: int = 0) -> tuple[Any, EngineInfo]:
+    """Merge configs, build param groups + AdamW, deepspeed.initialize. Writes ds_config.json."""
+    import deepspeed
+
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    src = find_ds_config(cfg.engine.ds_config)
+    ds, scale_cfg = merge_ds_config(load_ds_json(src), cfg, world, str(cfg.engine.ds_config))
+    stage = zero_stage(ds)
+    if cfg.precision.encoder == "fp16" and stage == 0:
+        raise ConfigError(f"{cfg.engine.ds_config}: precision.encoder=fp16 needs ZeRO stage >= 1 "
+                          "(loss scaling lives in the ZeRO optimizer); use ds_configs/zero1.json or higher")
+    optim = resolve_optim(cfg.optim, ds["train_batch_size"])
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    if offload and device.type == "cuda":
+        ds.pop("zero_force_ds_cpu_optimizer", None)
+    if stage == 3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, ZERO3_LEAF_MODULES, raise_if_not_found=False)
+    tuple_outputs(model)
+    model.to(device)
+    groups = param_groups(model, optim.weight_decay, optim.layer_decay)
+    optimizer = _build_optimizer(groups, optim, device, offload)
+    if run_dir is not None and rank == 0:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "ds_config.json").write_text(json.dumps(ds, indent=2) + "\n")
+    engine_cfg = {k: v for k, v in ds.items() if k != "giant"}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=engine_cfg)
+    info = EngineInfo(ds_config=ds, optim=optim, world_size=world, zero_stage=stage,
+                      loss_scaler=build_loss_scaler(cfg.precision.encoder, scale_cfg),
+                      global_batch_clips=ds["train_batch_size"])
+    log.info("engine: ZeRO-%d, %d ranks, global batch %d clips, peak lr %.3g, encoder %s",
+             stage, world, info.global_batch_clips, optim.lr, cfg.precision.encoder)
+    return engine, info

@@ -1,0 +1,213 @@
+"""The step loop: accumulate, step, schedule, log, checkpoint, signals, non-finite guard.
+
+Knows nothing about videos: a stage hands it a batch source and a `step_fn(engine, batch) ->
+(loss, output)`. One optimizer step = `accum_steps` micro-batches; DeepSpeed's engine.step()
+is called after each backward and applies the update at the accumulation boundary.
+
+Every step ends with ONE small all-reduce of (loss sum, signal flag): every rank sees the same
+mean loss and the same stop decision, so a signal that reaches ranks at different moments, or
+a NaN on one rank, can never leave ranks waiting on each other.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+
+from giant.config import OptimConfig
+from giant.engine.deepspeed import set_lr_wd
+from giant.engine.precision import LossScaler
+from giant.engine.schedule import lr_at, wd_at
+from giant.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+MAX_CONSECUTIVE_SKIPS = 20  # skipped (non-finite gradient) steps in a row before giving up
+
+
+class SignalFlag:
+    """SIGTERM / SIGUSR1 → a flag checked at the end of each step (handlers must not do I/O)."""
+
+    def __init__(self, signals: Iterable[int] = STOP_SIGNALS):
+        self.received: Optional[str] = None
+        self._previous: dict[int, Any] = {}
+        for sig in signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handlers
+                pass
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class EpochBatches:
+    """Endless batches from a DataLoader whose sampler is resumable (epoch + position).
+
+    `advance` is called as batches are *consumed* by the loop (not when workers prefetch them),
+    so the sampler state saved in a checkpoint is exactly where training stands.
+    """
+
+    def __init__(self, loader: Any, on_epoch: Optional[Callable[[Any, int], None]] = None):
+        self.loader = loader
+        self.sampler = loader.sampler
+        self.on_epoch = on_epoch
+        self._it: Optional[Iterator] = None
+
+    def _start(self) -> None:
+        epoch = getattr(self.sampler, "epoch", 0)
+        if self.on_epoch is not None:
+            self.on_epoch(self.loader, epoch)
+        self._it = iter(self.loader)
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._start()
+        for _ in range(2):
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if self.on_epoch is not None:
+                    self.on_epoch(self.loader, getattr(self.sampler, "epoch", 0) + 1)
+                self._it = iter(self.loader)
+                continue
+            if hasattr(self.sampler, "advance"):
+                self.sampler.advance(len(batch["index"]) if "index" in batch else 1)
+            return batch
+        raise TrainingError("the training loader yields no batches (empty manifest after sharding?)")
+
+    def __iter__(self) -> "EpochBatches":
+        return self
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state)
+        self._it = None  # restart iteration at the restored position
+
+
+@dataclass
+class LoopResult:
+    steps_done: int
+    reason: str  # completed | stop_after | signal:SIGTERM | signal:SIGUSR1
+    first_loss: Optional[float] = None
+    last_loss: Optional[float] = None
+    losses: list = field(default_factory=list)
+    skipped_steps: int = 0
+    last_checkpoint: Optional[str] = None
+
+
+@dataclass
+class LoopHooks:
+    """Stage callbacks. `save(step)` writes a checkpoint (collective) and returns its path;
+    `scalars(step)` adds stage metrics; `image(step, batch, out)` draws on rank 0."""
+
+    save: Callable[[int], Optional[str]]
+    log_step: Callable[[int, dict], None]
+    scalars: Optional[Callable[[int], dict]] = None
+    image: Optional[Callable[[int, dict, Any], None]] = None
+    throughput: Optional[Callable[[int, float], dict]] = None
+
+
+def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int) -> tuple[torch.Tensor, dict, Any]:
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    batch = out = None
+    for _ in range(accum):
+        batch = next(batches)
+        loss, out = step_fn(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().double().cpu()
+    return loss_sum, batch, out
+
+
+def _agree(loss_sum: torch.Tensor, stop: bool, device: torch.device) -> tuple[float, bool]:
+    """All ranks: mean loss over ranks and micro-batches' sum, and whether anyone must stop."""
+    buf = torch.tensor([loss_sum.item(), 1.0 if stop else 0.0], dtype=torch.float64, device=device)
+    world = 1
+    if torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        torch.distributed.all_reduce(buf)
+    return buf[0].item() / world, buf[1].item() > 0
+
+
+def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
+                  scaler: LossScaler, fp16: bool) -> dict:
+    out = {"loss": loss, "lr": lr, "wd": wd, "skipped_steps": engine.skipped_steps}
+    norm = engine.get_global_grad_norm() if applied else None
+    if norm is not None:  # a skipped step has no meaningful norm: it is logged as skipped instead
+        out["grad_norm"] = float(norm)
+    if fp16:
+        out["loss_scale"] = scaler.scale
+    return out
+
+
+def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Callable,
+               scaler: LossScaler, hooks: LoopHooks, start_step: int, device: torch.device,
+               checkpoint_every: int = 0, image_every: int = 0, stop_after: int = 0,
+               fp16: bool = False) -> LoopResult:
+    """Run optimizer steps start_step..optim.total_steps; save on signals / every N / at the end."""
+    flag = SignalFlag()
+    result = LoopResult(steps_done=start_step, reason="completed")
+    skips_in_a_row, step = 0, start_step
+    try:
+        while step < optim.total_steps:
+            if stop_after and step - start_step >= stop_after:
+                result.reason = "stop_after"
+                break
+            lr, wd = lr_at(step, optim), wd_at(step, optim)
+            set_lr_wd(engine.optimizer, lr, wd)
+            scaler.before_step(engine)
+            t0 = time.perf_counter()
+            loss_sum, batch, out = _micro_steps(engine, batches, step_fn, optim.accum_steps)
+            applied = engine.was_step_applied()
+            scaler.update(not applied)
+            loss, stop = _agree(loss_sum / optim.accum_steps, flag.received is not None, device)
+            seconds = time.perf_counter() - t0
+            step += 1
+            scalars = _step_scalars(engine, lr, wd, loss, applied, scaler, fp16)
+            scalars["step_time_s"] = seconds
+            if hooks.throughput is not None:
+                scalars.update(hooks.throughput(step, seconds))
+            if hooks.scalars is not None:
+                scalars.update(hooks.scalars(step))
+            hooks.log_step(step, scalars)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss {loss} at step {step} (lr {lr:.3g}); stopped without saving, "
+                    f"checkpoints up to the last good one are intact — lower optim.blr, set "
+                    f"optim.clip_grad, or use precision.encoder=bf16, then resume")
+            skips_in_a_row = 0 if applied else skips_in_a_row + 1
+            if skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+                raise TrainingError(f"{skips_in_a_row} optimizer steps in a row skipped for non-finite "
+                                    f"gradients (step {step}); the run diverged — lower the lr / clip")
+            result.losses.append(loss)
+            result.first_loss = loss if result.first_loss is None else result.first_loss
+            result.last_loss, result.steps_done = loss, step
+            if hooks.image is not None and ((image_every and step % image_every == 0)
+                                            or step == optim.total_steps or stop):
+                hooks.image(step, batch, out)
+            if stop:
+                result.reason = f"signal:{flag.received or 'peer'}"
+                break
+            if checkpoint_every and step % checkpoint_every == 0 and step < optim.total_steps:
+                result.last_checkpoint = hooks.save(step)
+    finally:
+        flag.restore()
+    result.skipped_steps = int(engine.skipped_steps)
+    if step > start_step:  # nothing new to save when a finished run is relaunched
+        result.last_checkpoint = hooks.save(step)
+    return result

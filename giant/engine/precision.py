@@ -1,0 +1,173 @@
+"""The precision policy: encoder in FP16/BF16 autocast, decoder + target + loss in FP32 (SPEC §5).
+
+Why not DeepSpeed's own mixed precision:
+- The `fp16` / `bf16` sections cast the whole module to 16 bits, decoder and loss included,
+  which is exactly the official code's defect (SPEC §7).
+- The `torch_autocast` section (DeepSpeed 0.19) wraps the *whole* forward in autocast, and for
+  FP16 under ZeRO 1-3 it uses a per-rank `torch.amp.GradScaler`: ZeRO's clipping then sees
+  scaled gradients (its own loss scale is 1), and each rank decides inf/skip on its own shard.
+
+So parameters and optimizer state stay FP32 (no DeepSpeed fp16/bf16 section), the encoder's
+forward is wrapped in `torch.autocast` here (model code stays precision-free, DESIGN layering),
+and FP16 uses `DynamicLossScaler` below, pushed into the ZeRO optimizer through its
+`override_loss_scale()` hook. ZeRO then multiplies the loss by our scale in `engine.backward`,
+divides it out before clipping, and — because the optimizer dtype is FP32 — treats a
+non-finite *global* gradient norm (all-reduced across ranks) as an overflow: every rank skips the
+same step and `engine.skipped_steps` counts it. We only move the scale.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from giant.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_WRAPPED = "_giant_precision_wrapped"
+
+
+def low_precision_dtype(name: str) -> Optional[torch.dtype]:
+    if name not in DTYPES:
+        raise ConfigError(f"precision.encoder={name!r}: use fp32, bf16 or fp16")
+    return DTYPES[name]
+
+
+def apply_precision(model: nn.Module, encoder_precision: str, device_type: str,
+                    low_module: str = "encoder") -> nn.Module:
+    """Run `model.<low_module>` under autocast; everything else with autocast OFF.
+
+    Instance-level forward replacement: state_dict keys, hooks (ZeRO-3 gathers) and the class
+    are untouched. The low-precision module returns FP32 so the decoder's first matmul
+    (`encoder_to_decoder`) and everything after it runs in FP32.
+    """
+    dtype = low_precision_dtype(encoder_precision)
+    if dtype is None or getattr(model, _WRAPPED, False):
+        return model
+    sub = getattr(model, low_module, None)
+    if not isinstance(sub, nn.Module):
+        raise ConfigError(f"precision.encoder={encoder_precision}: model {type(model).__name__} "
+                          f"has no '{low_module}' submodule to run in low precision")
+    outer, inner = model.forward, sub.forward
+
+    @functools.wraps(outer)
+    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
+        # An ambient autocast (e.g. a user's) must not reach the decoder or the loss.
+        with torch.autocast(device_type=device_type, enabled=False):
+            return outer(*args, **kwargs)
+
+    @functools.wraps(inner)
+    def low_forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=True):
+            out = inner(*args, **kwargs)
+        return out.float() if torch.is_tensor(out) else out
+
+    model.forward = fp32_forward
+    sub.forward = low_forward
+    setattr(model, _WRAPPED, True)
+    log.debug("precision: %s.%s under %s autocast, rest fp32", type(model).__name__, low_module, dtype)
+    return model
+
+
+@dataclass
+class LossScaleConfig:
+    """DeepSpeed `fp16` section semantics: loss_scale 0 = dynamic, > 0 = static."""
+
+    loss_scale: float = 0.0
+    initial_scale_power: int = 16
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+    min_loss_scale: float = 1.0
+
+    @classmethod
+    def from_ds_section(cls, section: dict, where: str) -> "LossScaleConfig":
+        allowed = {"enabled", "loss_scale", "initial_scale_power", "loss_scale_window",
+                   "hysteresis", "min_loss_scale", "auto_cast"}
+        unknown = sorted(set(section) - allowed)
+        if unknown:
+            raise ConfigError(f"{where}: fp16.{unknown[0]} is not supported by giant's loss scaler; "
+                              f"valid keys are {sorted(allowed - {'auto_cast'})}")
+        if section.get("auto_cast"):
+            raise ConfigError(f"{where}: fp16.auto_cast=true would autocast the whole model; remove "
+                              "it (giant autocasts only the encoder, see precision.encoder)")
+        keys = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
+        return cls(**{k: section[k] for k in keys if k in section})
+
+
+class LossScaler:
+    """No scaling (FP32 / BF16): scale 1, nothing pushed into the engine."""
+
+    scale = 1.0
+
+    def before_step(self, engine: Any) -> None:
+        pass
+
+    def update(self, overflow: bool) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class DynamicLossScaler(LossScaler):
+    """FP16 dynamic loss scale: shrink ×½ on overflow (after `hysteresis` tolerated overflows),
+    grow ×2 after `window` overflow-free steps. Static when `cfg.loss_scale > 0`."""
+
+    def __init__(self, cfg: LossScaleConfig):
+        self.cfg = cfg
+        self.dynamic = cfg.loss_scale == 0
+        self.scale = float(2 ** cfg.initial_scale_power) if self.dynamic else float(cfg.loss_scale)
+        self.good_steps = 0
+        self.hysteresis_left = cfg.hysteresis
+        self.overflows = 0
+
+    def before_step(self, engine: Any) -> None:
+        opt = getattr(engine, "optimizer", None)
+        if not hasattr(opt, "override_loss_scale"):
+            raise ConfigError("precision.encoder=fp16 needs a ZeRO optimizer (stage 1, 2 or 3) for "
+                              "loss scaling: set zero_optimization.stage >= 1 in the DeepSpeed JSON")
+        opt.override_loss_scale(self.scale)
+
+    def update(self, overflow: bool) -> None:
+        if overflow:
+            self.overflows += 1
+            self.good_steps = 0
+            if not self.dynamic:
+                return
+            if self.hysteresis_left > 1:
+                self.hysteresis_left -= 1
+                return
+            self.scale = max(self.scale / 2.0, self.cfg.min_loss_scale)
+            log.info("fp16 overflow: step skipped, loss scale -> %g", self.scale)
+            return
+        self.good_steps += 1
+        if self.dynamic and self.good_steps % self.cfg.loss_scale_window == 0:
+            self.scale *= 2.0
+            self.hysteresis_left = self.cfg.hysteresis
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps,
+                "hysteresis_left": self.hysteresis_left, "overflows": self.overflows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.scale = float(state["scale"])
+            self.good_steps = int(state["good_steps"])
+            self.hysteresis_left = int(state["hysteresis_left"])
+            self.overflows = int(state["overflows"])
+
+
+def build_loss_scaler(encoder_precision: str, scale_cfg: Optional[LossScaleConfig]) -> LossScaler:
+    """FP16 gets a dynamic scaler; BF16 and FP32 have the exponent range to need none."""
+    if encoder_precision == "fp16":
+        return DynamicLossScaler(scale_cfg or LossScaleConfig())
+    return LossScaler()

@@ -80,7 +80,13 @@ class DecordReader(VideoReader):
         try:
             return self._vr.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # noqa: BLE001
-            raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
+            decord_error = _short(exc)
+        # decord has its own bugs (e.g. some narrow frame widths); PyAV may still read the file
+        try:
+            with PyAVReader(self.path) as fallback:
+                return fallback._decode(unique)
+        except VideoDecodeError as av_error:
+            raise VideoDecodeError(f"decode failed (decord: {decord_error}; pyav: {av_error})") from None
 
     def close(self) -> None:
         self._vr = None
@@ -214,6 +220,18 @@ def open_video(path: str, backend: str = "decord", num_threads: int = 1) -> Vide
             return PyAVReader(path, num_threads)
         except VideoDecodeError as av_error:
             raise VideoDecodeError(f"decord: {decord_error}; pyav: {av_error}") from None
+
+
+def header_frame_count(path: str) -> int:
+    """Frame count the container header promises (0 if unknown). decord reports only the frames
+    actually present, so a shortfall against this number reveals a truncated file."""
+    try:
+        import av
+
+        with av.open(path) as container:
+            return int(container.streams.video[0].frames or 0)
+    except Exception:  # noqa: BLE001 - unknown is a valid answer here
+        return 0
 
 
 def frame_range(num_frames: int, start: int = 0, end: int | None = None) -> tuple[int, int]:

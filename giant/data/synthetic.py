@@ -97,7 +97,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str 
         else:
             stream.codec_context.bit_rate = 8 * width * height * fps // 4
         for array in frames:
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            # convert to yuv420p ourselves into a fresh frame: PyAV's implicit conversion can
+            # leave padding bytes uninitialised, which made libx264 output differ run to run
+            yuv = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(yuv.to_ndarray(), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return codec

@@ -1,0 +1,69 @@
+"""Pre-training loader throughput: how many videos/s (and clips/s) N worker processes deliver.
+
+Times the real path (decode → multi-scale crops → masks → collate) after one warm-up batch per
+worker, so process start-up is not counted. Used by `giant data bench`; numbers go to
+docs/PERFORMANCE.md.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from giant.data.datasets import PretrainClips
+from giant.data.loader import (ResumableDistributedSampler, collate_pretrain, make_loader,
+                               set_loader_epoch)
+from giant.data.manifest import load_entries
+
+log = logging.getLogger(__name__)
+
+
+def _mask_fn(num_frames: int, size: int, patch: int = 16, tubelet: int = 2):
+    """The stage's default masks (tube 0.9 + running cell 0.5), imported lazily so the data
+    package itself never depends on the masking/model code; None if unavailable."""
+    try:
+        from giant.config import MaskConfig
+        from giant.masking import MaskGenerator
+
+        return MaskGenerator(MaskConfig(), (num_frames // tubelet, size // patch, size // patch))
+    except Exception as exc:  # noqa: BLE001 - a benchmark must still run without masks
+        log.warning("benchmarking without masks (%s)", exc)
+        return None
+
+
+def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: int = 2,
+              batch_size: int = 4, num_sample: int = 4, num_frames: int = 16,
+              sampling_rate: int = 4, size: int = 224, num_videos: int = 200,
+              masks: bool = True, seed: int = 0) -> dict:
+    """Run the loader until `num_videos` videos were timed; return the rates."""
+    entries = load_entries(manifest, root, "pretrain", seed)
+    mask_fn = _mask_fn(num_frames, size) if masks else None
+    dataset = PretrainClips(entries, num_frames, size, sampling_rate, num_sample, mask_fn,
+                            backend, seed)
+    sampler = ResumableDistributedSampler(len(dataset), seed=seed)
+    loader = make_loader(dataset, sampler, batch_size, workers, collate_pretrain)
+    warmup = max(workers, 1)
+    videos = clips = failed = seen = 0
+    start = None
+    epoch = 0
+    while videos < num_videos:
+        set_loader_epoch(loader, epoch)
+        for batch in loader:
+            seen += 1
+            if seen == warmup:
+                start = time.perf_counter()
+                continue
+            if start is None:
+                continue
+            videos += batch["num_videos"]
+            clips += batch["video"].shape[0]
+            failed += batch["num_failed"]
+            if videos >= num_videos:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    return {"backend": backend, "workers": workers, "videos": videos, "clips": clips,
+            "failed": failed, "seconds": round(elapsed, 3),
+            "videos_per_s": round(videos / elapsed, 2), "clips_per_s": round(clips / elapsed, 2),
+            "videos_per_s_per_worker": round(videos / elapsed / max(workers, 1), 2),
+            "masks": mask_fn is not None, "clip": f"{num_frames}x{size}x{size}",
+            "sampling_rate": sampling_rate, "num_sample": num_sample}

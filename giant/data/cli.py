@@ -1,0 +1,202 @@
+"""`giant data synth | validate | k710 | bench` (dispatched from giant.cli as `giant data ...`).
+
+CLI output goes to stdout/stderr directly; library modules only log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from giant.errors import GiantError
+
+
+def _synth(args) -> int:
+    from giant.data.synthetic import write_synthetic_set
+
+    s = write_synthetic_set(args.out_dir, num_videos=args.num_videos, num_frames=args.frames,
+                            height=args.height, width=args.width, num_classes=args.classes,
+                            seed=args.seed, val_fraction=args.val_fraction, fps=args.fps,
+                            gop=args.gop, codec=args.codec)
+    print(f"wrote {len(s.videos)} videos ({s.codec}, {args.width}x{args.height}, {args.frames} "
+          f"frames, {len(s.class_names)} classes) to {s.root}")
+    print(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
+    return 0
+
+
+def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: int) -> str | None:
+    """None if the entry opens, has >= min_frames frames, and decodes its centre clip and its
+    last frame (which catches truncated files); else the reason."""
+    import numpy as np
+
+    from giant.data.decode import VideoDecodeError, frame_range, header_frame_count, open_video
+    from giant.data.sampling import dense_indices
+
+    try:
+        with open_video(entry.path, backend) as reader:
+            promised = 0 if Path(entry.path).is_dir() else header_frame_count(entry.path)
+            if promised and reader.num_frames < 0.95 * promised:
+                return (f"truncated: {reader.num_frames} of the {promised} frames in its "
+                        "header are readable")
+            start, end = frame_range(reader.num_frames, entry.start, entry.end)
+            if end - start < min_frames:
+                return f"only {end - start} frames, need at least {min_frames}"
+            indices = np.append(dense_indices(start, end, num_frames, stride), end - 1)
+            frames = reader.get_frames(indices)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                return f"unexpected frame array {frames.shape} {frames.dtype}"
+    except VideoDecodeError as exc:
+        return str(exc)
+    return None
+
+
+def _check_one(job):
+    entry, backend, num_frames, stride, min_frames = job
+    return check_entry(entry, backend, num_frames, stride, min_frames)
+
+
+def _validate(args) -> int:
+    from giant.data.manifest import load_entries
+
+    entries = load_entries(args.manifest, args.root, args.list_format)
+    min_frames = args.min_frames if args.min_frames is not None else args.num_frames
+    jobs = [(e, args.backend, args.num_frames, e.sampling_rate or args.sampling_rate, min_frames)
+            for e in entries]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            reasons = list(pool.map(_check_one, jobs, chunksize=8))
+    else:
+        reasons = [_check_one(j) for j in jobs]
+    bad = [(e, r) for e, r in zip(entries, reasons) if r is not None]
+    for entry, reason in bad:
+        print(f"{entry.path}: {reason}  [{entry.where}]")
+    if bad:
+        print(f"validate: {len(bad)} of {len(entries)} entries are bad", file=sys.stderr)
+        return 1
+    print(f"validate: all {len(entries)} entries OK ({args.manifest})", file=sys.stderr)
+    return 0
+
+
+def _k710(args) -> int:
+    from giant.data import kinetics710 as k
+
+    renames = k.read_renames(args.renames)
+    if args.action == "labels":
+        lists = [k.read_label_map(p) for p in (args.k400, args.k600, args.k700)]
+        classes = k.build_k710_classes(lists, renames)
+        Path(args.out).write_text("\n".join(classes) + "\n")
+        print(f"wrote {len(classes)} K710 classes to {args.out}")
+    elif args.action == "rowmap":
+        rows = k.head_row_map(k.read_label_map(args.k710), k.read_label_map(args.target), renames)
+        Path(args.out).write_text(json.dumps(rows) + "\n")
+        print(f"wrote {len(rows)}-entry row map to {args.out}")
+    else:
+        classes = k.read_label_map(args.labels)
+        clips = [c for src in ("k400", "k600", "k700") for path in getattr(args, src) or []
+                 for c in k.read_annotations(path, src)]
+        split = k.merge_k710(clips, classes, renames)
+        stats = k.write_k710_manifests(args.out_dir, split, args.template, args.video_root,
+                                       args.require_exists)
+        print(json.dumps(stats, indent=1))
+        for label, count in sorted(split.unknown_labels.items())[:20]:
+            print(f"unknown label {label!r} ({count} clips) not in {args.labels}", file=sys.stderr)
+    return 0
+
+
+def _bench(args) -> int:
+    from giant.data.bench import run_bench
+
+    result = run_bench(args.manifest, root=args.root, backend=args.backend, workers=args.workers,
+                       batch_size=args.batch_size, num_sample=args.num_sample,
+                       num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+                       size=args.size, num_videos=args.videos, masks=not args.no_masks)
+    print(json.dumps(result, indent=1))
+    rate = result["videos_per_s_per_worker"]
+    print(f"{result['backend']}, {args.workers} worker(s): {result['videos_per_s']:.1f} videos/s, "
+          f"{result['clips_per_s']:.1f} clips/s; {rate:.1f} videos/s per worker core → "
+          f"{100 / rate:.1f} cores for 100 videos/s" if rate else "no videos read")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="giant data", description="Video data tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write small synthetic .mp4 videos + train/val manifests")
+    s.add_argument("out_dir")
+    s.add_argument("--num-videos", type=int, default=24)
+    s.add_argument("--frames", type=int, default=32)
+    s.add_argument("--height", type=int, default=64)
+    s.add_argument("--width", type=int, default=64)
+    s.add_argument("--classes", type=int, default=4, help="motion directions (1-8)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.25)
+    s.add_argument("--fps", type=int, default=25)
+    s.add_argument("--gop", type=int, default=None, help="keyframe interval (encoder default)")
+    s.add_argument("--codec", default=None, help="libx264 | mpeg4 (default: libx264 if built)")
+    s.set_defaults(func=_synth)
+
+    v = sub.add_parser("validate", help="check every manifest entry; list bad lines, exit 1")
+    v.add_argument("manifest")
+    v.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
+    v.add_argument("--backend", default="decord", choices=["decord", "pyav", "frames"])
+    v.add_argument("--list-format", default="auto", choices=["auto", "pretrain", "labeled"])
+    v.add_argument("--num-frames", type=int, default=16)
+    v.add_argument("--sampling-rate", type=int, default=4)
+    v.add_argument("--min-frames", type=int, default=None, help="default: --num-frames")
+    v.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    v.set_defaults(func=_validate)
+
+    k = sub.add_parser("k710", help="Kinetics-710 label map, head row maps, manifests")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kl = ksub.add_parser("labels", help="build the 710-class set from the K400/600/700 lists")
+    for name in ("k400", "k600", "k700"):
+        kl.add_argument(f"--{name}", required=True, help=f"{name.upper()} label list")
+    kl.add_argument("--out", required=True)
+    kr = ksub.add_parser("rowmap", help="row of a K710 head for each class of another label map")
+    kr.add_argument("--k710", required=True, help="the K710 label map the head was trained with")
+    kr.add_argument("--target", required=True, help="e.g. the K400 label map")
+    kr.add_argument("--out", required=True)
+    km = ksub.add_parser("manifests", help="train.csv / val.csv from official annotation CSVs")
+    for name in ("k400", "k600", "k700"):
+        km.add_argument(f"--{name}", nargs="+", help=f"{name.upper()} annotation CSV(s)")
+    km.add_argument("--labels", required=True, help="K710 label map (row = label index)")
+    km.add_argument("--out-dir", required=True)
+    km.add_argument("--template", default="{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4")
+    km.add_argument("--video-root", default=None)
+    km.add_argument("--require-exists", action="store_true", help="leave out missing files")
+    for kp in (kl, kr, km):
+        kp.add_argument("--renames", default=str(Path(__file__).resolve().parents[2] /
+                                                 "datasets_manifest" / "k710_identical_label_merge.json"))
+    k.set_defaults(func=_k710)
+
+    b = sub.add_parser("bench", help="pre-training loader throughput (videos/s, clips/s)")
+    b.add_argument("manifest")
+    b.add_argument("--root", default="")
+    b.add_argument("--backend", default="decord", choices=["decord", "pyav", "frames"])
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--batch-size", type=int, default=4, help="videos per batch")
+    b.add_argument("--num-sample", type=int, default=4, help="clips per video")
+    b.add_argument("--num-frames", type=int, default=16)
+    b.add_argument("--sampling-rate", type=int, default=4)
+    b.add_argument("--size", type=int, default=224)
+    b.add_argument("--videos", type=int, default=200, help="videos to time (after warm-up)")
+    b.add_argument("--no-masks", action="store_true", help="skip mask generation")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GiantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,77 @@
+"""`giant data synth | validate | bench` through giant.data.cli.main."""
+import shutil
+
+import pytest
+
+from giant.data.cli import main
+from giant.data.manifest import read_manifest
+
+
+@pytest.mark.parametrize("argv", [[], ["synth"], ["validate"], ["k710"], ["k710", "labels"],
+                                  ["k710", "rowmap"], ["k710", "manifests"], ["bench"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--help"])
+    assert exit_.value.code == 0
+    assert "usage: giant data" in capsys.readouterr().out
+
+
+def test_synth(tmp_path, capsys):
+    assert main(["synth", str(tmp_path), "--num-videos", "4", "--frames", "8", "--height", "32",
+                 "--width", "32", "--classes", "2", "--seed", "3", "--val-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 4 videos" in out and "2 classes" in out
+    train, val = read_manifest(tmp_path / "train.csv"), read_manifest(tmp_path / "val.csv")
+    assert len(train) == 2 and len(val) == 2
+    assert sorted(e.label for e in train) == [0, 1] and sorted(e.label for e in val) == [0, 1]
+
+
+def test_validate_ok(synth_videos, capsys):
+    assert main(["validate", str(synth_videos.train_manifest), "--workers", "1",
+                 "--num-frames", "16", "--sampling-rate", "2"]) == 0
+    assert "all 8 entries OK" in capsys.readouterr().err
+
+
+def test_validate_lists_every_bad_line(synth_videos, corrupt_videos, tmp_path, capsys):
+    shutil.copy(synth_videos.videos[0], tmp_path / "good.mp4")
+    for name in ("truncated", "truncated_faststart", "garbage", "empty"):
+        shutil.copy(corrupt_videos[name], tmp_path / f"{name}.mp4")
+    lines = ["path,label", "good.mp4,0", "truncated.mp4,1", "truncated_faststart.mp4,1",
+             "garbage.mp4,2", "empty.mp4,0", "missing.mp4,3"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    rc = main(["validate", str(tmp_path / "m.csv"), "--workers", "2", "--num-frames", "8"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    out = captured.out.splitlines()
+    assert len(out) == 5 and "5 of 6 entries are bad" in captured.err
+    by_name = {line.split(":")[0].rsplit("/", 1)[-1]: line for line in out}
+    assert set(by_name) == {"truncated.mp4", "truncated_faststart.mp4", "garbage.mp4", "empty.mp4",
+                            "missing.mp4"}
+    assert by_name["missing.mp4"] == f"{tmp_path / 'missing.mp4'}: file not found  [{tmp_path / 'm.csv'}:7]"
+    assert "empty file (0 bytes)" in by_name["empty.mp4"]
+    assert "cannot open" in by_name["garbage.mp4"] and "cannot open" in by_name["truncated.mp4"]
+    assert any(s in by_name["truncated_faststart.mp4"]
+               for s in ("truncated:", "decode failed", "not decodable"))
+
+
+def test_validate_min_frames(synth_videos, capsys):
+    assert main(["validate", str(synth_videos.val_manifest), "--workers", "1", "--min-frames", "33"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and all(line.split("  [")[0].endswith(": only 32 frames, need at least 33")
+                                 for line in out)
+
+
+def test_validate_bad_manifest_is_one_clean_error(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,x\n")
+    assert main(["validate", str(tmp_path / "m.csv"), "--workers", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'm.csv'}:2: label 'x' is not an integer")
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_bench(synth_videos, capsys, backend):
+    assert main(["bench", str(synth_videos.train_manifest), "--backend", backend, "--workers", "0",
+                 "--batch-size", "2", "--num-sample", "2", "--num-frames", "8", "--sampling-rate",
+                 "2", "--size", "32", "--videos", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"{backend}, 0 worker(s):" in out and "videos/s" in out
+    assert '"videos": 6' in out and '"clips": 12' in out and '"failed": 0' in out

@@ -140,7 +140,7 @@ def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
                               f"(optim.* in the recipe) — remove '{key}' from the JSON")
     for key, (value, expr) in _owned_values(cfg, world_size).items():
         given = out.get(key, "auto")
-        if given != "auto" and given != value and not (key == "gradient_clipping" and given == value):
+        if given != "auto" and given != value:
             raise ConfigError(f"{where}: {key}={json.dumps(given)} but recipe {expr}={value} "
                               f"— remove it from the JSON or change the recipe")
         out[key] = value
@@ -160,6 +160,11 @@ def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
                     "loss_scaling": dataclasses.asdict(scale_cfg) if cfg.precision.encoder == "fp16" else None,
                     "source": where}
     return out, scale_cfg
+
+
+def check_ds_config(cfg: RunConfig, world_size: int) -> dict:
+    """Validate JSON + recipe before any process group exists (fail fast, one clear line)."""
+    return merge_ds_config(load_ds_json(cfg.engine.ds_config), cfg, world_size, str(cfg.engine.ds_config))[0]
 
 
 def zero_stage(ds: dict) -> int:

@@ -20,7 +20,7 @@ import torch
 from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, export_weights, load_weights
 from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
-                                    init_distributed)
+                                    check_ds_config, init_distributed)
 from giant.engine.loop import EpochBatches, LoopHooks, train_loop
 from giant.engine.precision import apply_precision
 from giant.errors import CheckpointError, ConfigError, GiantError
@@ -153,6 +153,7 @@ def run(cfg: RunConfig) -> dict:
     """Pre-train; returns the artifacts (paths, losses, reason). Collective over all ranks."""
     if cfg.engine.compile:
         raise ConfigError("engine.compile=true is not supported by the pre-training stage yet; set it to false")
+    check_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     rank, world, _, device = init_distributed(cfg)
     run_dir = Path(cfg.stage.run_dir)
     model_cfg = cfg.model.resolved()

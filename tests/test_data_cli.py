@@ -75,3 +75,10 @@ def test_bench(synth_videos, capsys, backend):
     out = capsys.readouterr().out
     assert f"{backend}, 0 worker(s):" in out and "videos/s" in out
     assert '"videos": 6' in out and '"clips": 12' in out and '"failed": 0' in out
+
+
+def test_bench_profile(synth_videos, capsys):
+    assert main(["bench", str(synth_videos.train_manifest), "--profile", "--num-frames", "8",
+                 "--size", "32", "--videos", "4", "--no-masks"]) == 0
+    out = capsys.readouterr().out
+    assert '"ms_per_video"' in out and '"frame_size": "64x64"' in out and "videos/s per core" in out

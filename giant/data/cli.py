@@ -107,8 +107,18 @@ def _k710(args) -> int:
 
 
 def _bench(args) -> int:
-    from giant.data.bench import run_bench
+    from giant.data.bench import profile_stages, run_bench
 
+    if args.profile:
+        result = profile_stages(args.manifest, root=args.root, backend=args.backend,
+                                num_sample=args.num_sample, num_frames=args.num_frames,
+                                sampling_rate=args.sampling_rate, size=args.size,
+                                num_videos=args.videos, masks=not args.no_masks)
+        print(json.dumps(result, indent=1))
+        rate = result["videos_per_s_per_core"]
+        print(f"{result['backend']}: {rate:.1f} videos/s per core (single process) → "
+              f"{70 / rate:.1f}-{100 / rate:.1f} cores for 70-100 videos/s")
+        return 0
     result = run_bench(args.manifest, root=args.root, backend=args.backend, workers=args.workers,
                        batch_size=args.batch_size, num_sample=args.num_sample,
                        num_frames=args.num_frames, sampling_rate=args.sampling_rate,
@@ -185,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=224)
     b.add_argument("--videos", type=int, default=200, help="videos to time (after warm-up)")
     b.add_argument("--no-masks", action="store_true", help="skip mask generation")
+    b.add_argument("--profile", action="store_true",
+                   help="per-stage single-core cost in this process instead of the loader")
     b.set_defaults(func=_bench)
     return p
 

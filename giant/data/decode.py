@@ -126,33 +126,36 @@ class PyAVReader(VideoReader):
         start = self._stream.start_time or 0
         return int(round(float((frame.pts - start) * self._stream.time_base) * self._fps))
 
-    def _decode(self, unique: np.ndarray) -> np.ndarray:
+    def _scan(self, unique: np.ndarray, seek: bool) -> dict:
+        """Decode forward (from a keyframe seek, or from the start) collecting wanted frames."""
         wanted = {int(i): None for i in unique}
         last = int(unique[-1])
-        seeked = False
+        if seek:
+            seconds = float(unique[0]) / self._fps
+            target = int(seconds / float(self._stream.time_base)) + (self._stream.start_time or 0)
+            self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
+        else:
+            self._container.seek(0)
+        for counter, frame in enumerate(self._container.decode(self._stream)):
+            index = self._frame_index(frame, counter, seek)
+            if index in wanted:
+                wanted[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+        return wanted
+
+    def _decode(self, unique: np.ndarray) -> np.ndarray:
+        seek = bool(unique[0] >= self.seek_after and self._fps and self._stream.time_base)
         try:
-            if unique[0] >= self.seek_after and self._fps and self._stream.time_base:
-                seconds = float(unique[0]) / self._fps
-                target = int(seconds / float(self._stream.time_base)) + (self._stream.start_time or 0)
-                self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
-                seeked = True
-            else:
-                self._container.seek(0)
-            counter = 0
-            for frame in self._container.decode(self._stream):
-                index = self._frame_index(frame, counter, seeked)
-                counter += 1
-                if index in wanted:
-                    wanted[index] = frame.to_ndarray(format="rgb24")
-                if index >= last:
-                    break
+            wanted = self._scan(unique, seek)
+            if seek and any(f is None for f in wanted.values()):
+                wanted = self._scan(unique, False)  # the seek landed late: decode from the start
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
         missing = [i for i, f in wanted.items() if f is None]
         if missing:
-            raise VideoDecodeError(f"frames {missing[:3]}... of {self.num_frames} not decodable "
-                                   "(truncated video?)" if len(missing) > 3 else
-                                   f"frames {missing} of {self.num_frames} not decodable "
+            shown = f"{missing[:3]}..." if len(missing) > 3 else f"{missing}"
+            raise VideoDecodeError(f"frames {shown} of {self.num_frames} not decodable "
                                    "(truncated video?)")
         return np.stack([wanted[int(i)] for i in unique])
 

@@ -34,7 +34,7 @@ def test_random_resized_crop_box():
         top, left, h, w = random_resized_crop_box(240, 320, rng)
         assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
         assert 0.08 * 240 * 320 * 0.9 <= h * w <= 240 * 320
-    # impossible aspect → the fallback: largest centred crop with the ratio clamped to 4/3
+    # no try fits a 10×1000 frame → the fallback: largest centred crop, aspect clamped to 1.0
     assert random_resized_crop_box(10, 1000, rng, scale=(0.99, 1.0), ratio=(0.99, 1.0)) == (0, 495, 10, 10)
 
 

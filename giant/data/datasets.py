@@ -77,6 +77,8 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         paths, reasons = [], []
         for attempt in range(self.max_retries + 1):
+            # substitutes: a seeded pseudo-random pick (a 5-part seed, apart from the 4-part
+            # augmentation seed), so neighbouring bad files (a missing folder) are not retried
             j = index if attempt == 0 else int(
                 np.random.default_rng(derive_seed(self.seed, self.epoch, index, attempt, 7))
                 .integers(len(self.entries)))

@@ -97,6 +97,7 @@ def test_json_contradicting_recipe_names_both_values():
     ({"torch_autocast": {"enabled": True}}, "torch_autocast.enabled=true would autocast the decoder"),
     ({"fp16": {"auto_cast": True}}, "fp16.auto_cast=true"),
     ({"fp16": {"loss_scale_windw": 10}}, "fp16.loss_scale_windw is not supported"),
+    ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}}, "compute_grad_norm=false but recipe"),
 ])
 def test_bad_ds_json_errors(ds, match):
     with pytest.raises(ConfigError, match=match):

@@ -96,6 +96,23 @@ def test_run_dir_artifacts(runs):
     assert all(torch.isfinite(t).all() for t in state.values())
 
 
+def test_giant_export_cli_and_init_from(runs, tmp_path):
+    """`giant export RUN_DIR` needs no process group; the next stage starts from its output."""
+    from giant.config import load_config
+    from giant.engine.checkpoint import load_weights, main as export_main
+    from giant.stages.pretrain import _model
+
+    assert export_main([str(runs["dir"] / "resumed"), "--out", str(tmp_path / "exp")]) == 0
+    state, info = load_weights(tmp_path / "exp")
+    assert info["provenance"]["step"] == STEPS and info["provenance"]["zero_stage"] == 2
+    cfg = load_config("launch/recipes/demo_pretrain.yaml", [
+        "model.img_size=32", "model.patch_size=8", "model.num_frames=4",
+        f"checkpoint.init_from={tmp_path / 'exp'}"])
+    model = _model(cfg, cfg.model.resolved())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
 def test_resume_into_a_different_model_is_a_clear_error(runs, synth_videos):
     proc = single("--recipe", "launch/recipes/demo_pretrain.yaml", f"stage.run_dir={runs['dir'] / 'resumed'}",
                   "model.img_size=32", "model.patch_size=8", "model.num_frames=4", "model.decoder_depth=2",

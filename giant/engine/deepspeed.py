@@ -145,6 +145,9 @@ def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
                               f"— remove it from the JSON or change the recipe")
         out[key] = value
     _check_precision_sections(out, cfg, where)
+    if cfg.precision.encoder == "fp16" and out.get("zero_optimization", {}).get("compute_grad_norm") is False:
+        raise ConfigError(f"{where}: zero_optimization.compute_grad_norm=false but recipe precision.encoder=fp16 "
+                          "— FP16 overflow is detected from the global gradient norm; remove the key")
     scale_cfg = LossScaleConfig.from_ds_section(
         {k: v for k, v in out.get("fp16", {}).items() if k != "enabled"}, where)
     out["fp16"] = {"enabled": False}

@@ -100,7 +100,7 @@ class DataConfig:
     min_fail_count: int = 20  # ...but never before this many failures (small-sample noise)
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    short_side: int = 256  # eval/test: short side is resized to this before cropping (SPEC: img_size)
+    short_side: int = 0  # eval/test: resize the short side to this before cropping; 0 = model.img_size (SPEC §4)
     test_manifest: str = ""  # multi-view test list; "" = val_manifest
     sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
     rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # fine-tune RandAugment; "" = off

@@ -30,6 +30,7 @@ import sys
 from typing import Optional
 
 from giant.config import MaskConfig, ModelConfig
+from giant.cli import out
 from giant.errors import ConfigError, GiantError
 from giant.models.vit import token_grid
 
@@ -179,11 +180,11 @@ def main(argv: Optional[list] = None) -> int:
     try:
         r = count(model, args.stage, mask)
     except GiantError as e:
-        print(f"error: {e}", file=sys.stderr)
+        out(f"error: {e}", err=True)
         return 2
     if args.json:
         r["mask"] = dataclasses.asdict(mask) if args.stage == "pretrain" else None
-        print(json.dumps(r, indent=2))
+        out(json.dumps(r, indent=2))
         return 0
     lines = [
         f"{r['model']} {r['stage']} {r['num_frames']}x{r['img_size']} ({r['tokens']} tokens)",
@@ -195,7 +196,7 @@ def main(argv: Optional[list] = None) -> int:
     if r["stage"] == "pretrain":
         lines.append(f"  decoder       {_human(r['decoder_macs'])} MACs in blocks on {r['decoder_tokens']} tokens")
     lines += [f"    {k:<20}{_human(v)}" for k, v in r["parts_macs"].items()]
-    print("\n".join(lines))
+    out("\n".join(lines))
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from giant.cli import out
 from giant.errors import GiantError
 
 
@@ -21,9 +22,9 @@ def _synth(args) -> int:
                             height=args.height, width=args.width, num_classes=args.classes,
                             seed=args.seed, val_fraction=args.val_fraction, fps=args.fps,
                             gop=args.gop, codec=args.codec)
-    print(f"wrote {len(s.videos)} videos ({s.codec}, {args.width}x{args.height}, {args.frames} "
+    out(f"wrote {len(s.videos)} videos ({s.codec}, {args.width}x{args.height}, {args.frames} "
           f"frames, {len(s.class_names)} classes) to {s.root}")
-    print(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
+    out(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
     return 0
 
 
@@ -72,11 +73,11 @@ def _validate(args) -> int:
         reasons = [_check_one(j) for j in jobs]
     bad = [(e, r) for e, r in zip(entries, reasons) if r is not None]
     for entry, reason in bad:
-        print(f"{entry.path}: {reason}  [{entry.where}]")
+        out(f"{entry.path}: {reason}  [{entry.where}]")
     if bad:
-        print(f"validate: {len(bad)} of {len(entries)} entries are bad", file=sys.stderr)
+        out(f"validate: {len(bad)} of {len(entries)} entries are bad", err=True)
         return 1
-    print(f"validate: all {len(entries)} entries OK ({args.manifest})", file=sys.stderr)
+    out(f"validate: all {len(entries)} entries OK ({args.manifest})", err=True)
     return 0
 
 
@@ -88,11 +89,11 @@ def _k710(args) -> int:
         lists = [k.read_label_map(p) for p in (args.k400, args.k600, args.k700)]
         classes = k.build_k710_classes(lists, renames)
         Path(args.out).write_text("\n".join(classes) + "\n")
-        print(f"wrote {len(classes)} K710 classes to {args.out}")
+        out(f"wrote {len(classes)} K710 classes to {args.out}")
     elif args.action == "rowmap":
         rows = k.head_row_map(k.read_label_map(args.k710), k.read_label_map(args.target), renames)
         Path(args.out).write_text(json.dumps(rows) + "\n")
-        print(f"wrote {len(rows)}-entry row map to {args.out}")
+        out(f"wrote {len(rows)}-entry row map to {args.out}")
     else:
         classes = k.read_label_map(args.labels)
         clips = [c for src in ("k400", "k600", "k700") for path in getattr(args, src) or []
@@ -100,9 +101,9 @@ def _k710(args) -> int:
         split = k.merge_k710(clips, classes, renames)
         stats = k.write_k710_manifests(args.out_dir, split, args.template, args.video_root,
                                        args.require_exists)
-        print(json.dumps(stats, indent=1))
+        out(json.dumps(stats, indent=1))
         for label, count in sorted(split.unknown_labels.items())[:20]:
-            print(f"unknown label {label!r} ({count} clips) not in {args.labels}", file=sys.stderr)
+            out(f"unknown label {label!r} ({count} clips) not in {args.labels}", err=True)
     return 0
 
 
@@ -114,18 +115,18 @@ def _bench(args) -> int:
                                 num_sample=args.num_sample, num_frames=args.num_frames,
                                 sampling_rate=args.sampling_rate, size=args.size,
                                 num_videos=args.videos, masks=not args.no_masks)
-        print(json.dumps(result, indent=1))
+        out(json.dumps(result, indent=1))
         rate = result["videos_per_s_per_core"]
-        print(f"{result['backend']}: {rate:.1f} videos/s per core (single process) → "
+        out(f"{result['backend']}: {rate:.1f} videos/s per core (single process) → "
               f"{70 / rate:.1f}-{100 / rate:.1f} cores for 70-100 videos/s")
         return 0
     result = run_bench(args.manifest, root=args.root, backend=args.backend, workers=args.workers,
                        batch_size=args.batch_size, num_sample=args.num_sample,
                        num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                        size=args.size, num_videos=args.videos, masks=not args.no_masks)
-    print(json.dumps(result, indent=1))
+    out(json.dumps(result, indent=1))
     rate = result["videos_per_s_per_worker"]
-    print(f"{result['backend']}, {args.workers} worker(s): {result['videos_per_s']:.1f} videos/s, "
+    out(f"{result['backend']}, {args.workers} worker(s): {result['videos_per_s']:.1f} videos/s, "
           f"{result['clips_per_s']:.1f} clips/s; {rate:.1f} videos/s per worker core → "
           f"{100 / rate:.1f} cores for 100 videos/s" if rate else "no videos read")
     return 0
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except GiantError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        out(f"error: {exc}", err=True)
         return 2
 
 

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from giant.cli import out
 from giant.config import load_config
 from giant.data.transforms import normalize_on_device
 from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
@@ -115,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     if torch.distributed.get_rank() == 0:
         if args.json:
-            print(json.dumps(result))
+            out(json.dumps(result))
         else:
             mfu = f"{100 * result['mfu']:.1f}%" if "mfu" in result else "n/a (unknown peak)"
             mem = ", ".join(f"{k} {v:.2f}" for k, v in result.items() if k.startswith("mem_"))
-            print(f"{result['model']} {result['frames']}x{result['img_size']} batch "
+            out(f"{result['model']} {result['frames']}x{result['img_size']} batch "
                   f"{result['batch_per_device']}/device x {result['world_size']} | ZeRO-{result['zero']} "
                   f"{result['precision']} ckpt={result['act_ckpt']} on {result['device']}\n"
                   f"  {result['steps_per_s']:.3f} steps/s, {result['clips_per_s']:.2f} clips/s, "

@@ -75,11 +75,23 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     return cfg, engine, info, rows, init
 
 
+def partitioned(name: str) -> str:
+    """The shipped ZeRO-3 JSON with every parameter partitioned: at the default persistence
+    threshold (1e5 elements) the whole tiny model would stay replicated and test nothing."""
+    ds = json.loads(Path(f"ds_configs/{name}.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = SCRATCH / f"{name}_p0.json"
+    if torch.distributed.get_rank() == 0:
+        path.write_text(json.dumps(ds))
+    torch.distributed.barrier()
+    return str(path)
+
+
 def agreement(res: dict) -> None:
     runs = {"zero1": (["optim.batch_size=4"], "ds_configs/zero1.json"),
             "zero2": (["optim.batch_size=4"], "ds_configs/zero2.json"),
-            "zero3_ckpt_all": (["optim.batch_size=4", "engine.activation_checkpointing=all"], "ds_configs/zero3.json"),
-            "zero3_offload": (["optim.batch_size=4"], "ds_configs/zero3_offload.json"),
+            "zero3_ckpt_all": (["optim.batch_size=4", "engine.activation_checkpointing=all"], partitioned("zero3")),
+            "zero3_offload": (["optim.batch_size=4"], partitioned("zero3_offload")),
             # 2 micro-batches of 2 per step ≡ one batch of 4 (V1 decoder: equal token counts per clip)
             "accum_2x2": (["optim.batch_size=2", "optim.accum_steps=2", "mask.decoder=none"], "ds_configs/zero2.json"),
             "accum_1x4": (["optim.batch_size=4", "mask.decoder=none"], "ds_configs/zero2.json")}
@@ -89,6 +101,8 @@ def agreement(res: dict) -> None:
         res[name] = {"losses": [r["loss"] for r in rows], "grad_norms": [r.get("grad_norm") for r in rows],
                      "zero_stage": info.zero_stage, "train_batch_size": info.ds_config["train_batch_size"]}
         params[name] = full_params(engine)
+        res[name]["partitioned"] = all(p.numel() == 0 for p in engine.module.parameters()) \
+            if info.zero_stage == 3 else None
         if name == "zero3_ckpt_all":
             export_check(res, engine, info, cfg, params[name])
     for a, b in (("zero1", "zero2"), ("zero1", "zero3_ckpt_all"), ("zero1", "zero3_offload"),
@@ -162,6 +176,7 @@ def fp16(res: dict) -> None:
 
 def main() -> None:
     res: dict = {}
+    init_distributed(load_config(None, BASE))
     agreement(res)
     precision(res)
     fp16(res)

@@ -25,6 +25,7 @@ def test_zero_stages_agree_in_fp32(results):
         assert results[name]["losses"] == pytest.approx(ref["losses"], rel=1e-6), name
         assert results[name]["grad_norms"] == pytest.approx(ref["grad_norms"], rel=1e-5), name
     assert [results[n]["zero_stage"] for n in ("zero1", "zero2", "zero3_ckpt_all")] == [1, 2, 3]
+    assert results["zero3_ckpt_all"]["partitioned"] and results["zero3_offload"]["partitioned"]
     assert results["maxdiff_zero1_zero2"] < 1e-6
     assert results["maxdiff_zero1_zero3_ckpt_all"] < 1e-6  # ZeRO-3 + activation checkpointing
     assert results["maxdiff_zero1_zero3_offload"] < 1e-6

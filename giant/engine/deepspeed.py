@@ -3,8 +3,8 @@
 The JSON owns how the engine runs (ZeRO stage, buckets, offload, fp16 loss-scaling knobs,
 communication). The recipe owns what is trained (micro batch, accumulation, clipping, optimizer,
 schedule). Recipe-owned keys are filled into the JSON here; a JSON value that disagrees with the
-recipe is a ConfigError naming both, never a silent override. Activation checkpointing and the
-ZeRO-3 leaf-module marking are applied here too, by wrapping modules: model code stays unaware.
+recipe is a ConfigError naming both, never a silent override. Activation checkpointing is
+applied here too, by wrapping block instances: model code stays unaware of it.
 """
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ from giant.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-# Modules whose forward reads a child's weight directly (Attention uses qkv.weight in F.linear):
-# ZeRO-3 must gather the whole subtree when they run, not child by child.
-ZERO3_LEAF_MODULES = ["Attention"]
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -338,10 +335,6 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     if offload and device.type == "cuda":
         ds.pop("zero_force_ds_cpu_optimizer", None)
-    if stage == 3:
-        from deepspeed.utils import set_z3_leaf_modules
-
-        set_z3_leaf_modules(model, ZERO3_LEAF_MODULES, raise_if_not_found=False)
     tuple_outputs(model)
     model.to(device)
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)

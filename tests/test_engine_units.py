@@ -277,3 +277,36 @@ def test_wrong_model_or_world_size_is_a_checkpoint_error():
         ck.check_compatible(meta, {**meta, "world_size": 4}, Path("c"))
     with pytest.raises(CheckpointError, match="unreadable"):
         ck.read_meta(Path("/nonexistent"))
+
+
+# ----------------------------------------------------------------------------- batch source
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return i
+
+
+def _loader():
+    from giant.data import ResumableDistributedSampler, make_loader
+
+    sampler = ResumableDistributedSampler(5, 0, 1, seed=3)
+    return make_loader(_Items(), sampler, 2, 0, lambda xs: {"index": torch.tensor(xs)})
+
+
+def test_epoch_batches_skip_short_batches_and_resume():
+    from giant.data import set_loader_epoch
+    from giant.engine.loop import EpochBatches
+
+    src = EpochBatches(_loader(), on_epoch=set_loader_epoch, full_batch=2)
+    seq = [next(src)["index"].tolist() for _ in range(7)]
+    assert all(len(b) == 2 for b in seq)  # 5 items per epoch: the single leftover is skipped
+    assert {x for b in seq[:2] for x in b} < set(range(5))
+
+    replay = EpochBatches(_loader(), on_epoch=set_loader_epoch, full_batch=2)
+    for _ in range(3):
+        next(replay)
+    resumed = EpochBatches(_loader(), on_epoch=set_loader_epoch, full_batch=2)
+    resumed.load_state_dict(replay.state_dict())
+    assert [next(resumed)["index"].tolist() for _ in range(4)] == seq[3:]

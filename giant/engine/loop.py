@@ -59,10 +59,12 @@ class EpochBatches:
     so the sampler state saved in a checkpoint is exactly where training stands.
     """
 
-    def __init__(self, loader: Any, on_epoch: Optional[Callable[[Any, int], None]] = None):
+    def __init__(self, loader: Any, on_epoch: Optional[Callable[[Any, int], None]] = None,
+                 full_batch: int = 0):
         self.loader = loader
         self.sampler = loader.sampler
         self.on_epoch = on_epoch
+        self.full_batch = full_batch  # > 0: skip an epoch's short last batch (keeps the global batch)
         self._it: Optional[Iterator] = None
 
     def _start(self) -> None:
@@ -74,7 +76,7 @@ class EpochBatches:
     def __next__(self) -> dict:
         if self._it is None:
             self._start()
-        for _ in range(2):
+        for _ in range(4):
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -82,10 +84,13 @@ class EpochBatches:
                     self.on_epoch(self.loader, getattr(self.sampler, "epoch", 0) + 1)
                 self._it = iter(self.loader)
                 continue
+            size = len(batch["index"]) if "index" in batch else 1
             if hasattr(self.sampler, "advance"):
-                self.sampler.advance(len(batch["index"]) if "index" in batch else 1)
-            return batch
-        raise TrainingError("the training loader yields no batches (empty manifest after sharding?)")
+                self.sampler.advance(size)
+            if size >= self.full_batch:  # every rank has the same count, so all skip together
+                return batch
+        raise TrainingError("the training loader yields no full batch: fewer videos per rank than "
+                            "optim.batch_size (use a larger manifest or a smaller batch)")
 
     def __iter__(self) -> "EpochBatches":
         return self

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,7 +58,8 @@ def _data(cfg: RunConfig, model_cfg: Any, rank: int, world: int) -> tuple[EpochB
                                           shuffle=True, drop_last=len(dataset) >= world)
     loader = make_loader(dataset, sampler, cfg.optim.batch_size, cfg.data.num_workers,
                          collate_pretrain, pin_memory=torch.cuda.is_available())
-    return EpochBatches(loader, on_epoch=set_loader_epoch), FailureTracker.from_config(cfg)
+    return (EpochBatches(loader, on_epoch=set_loader_epoch, full_batch=cfg.optim.batch_size),
+            FailureTracker.from_config(cfg))
 
 
 def _step_fn(cfg: RunConfig, device: torch.device, tracker: Any):
@@ -200,6 +201,8 @@ def _setup_logging() -> None:
     root.setLevel(level)
     logging.getLogger("giant").setLevel(level)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # giant logs the engine summary itself
+    # DeepSpeed 0.19 calls a collective torch 2.x deprecates; one warning per rank per run is noise.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
 
 
 def parse_args(argv: Optional[list]) -> RunConfig:

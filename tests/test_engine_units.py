@@ -310,3 +310,18 @@ def test_epoch_batches_skip_short_batches_and_resume():
     resumed = EpochBatches(_loader(), on_epoch=set_loader_epoch, full_batch=2)
     resumed.load_state_dict(replay.state_dict())
     assert [next(resumed)["index"].tolist() for _ in range(4)] == seq[3:]
+
+
+def test_pretrain_command_line(monkeypatch):
+    from giant.stages.pretrain import parse_args
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    cfg = parse_args(["optim.blr=2e-3", "--recipe", str(REPO / "launch/recipes/demo_pretrain.yaml"),
+                      "--local_rank=1", "model.depth=3", "--ds", "ds_configs/zero3.json"])
+    assert (cfg.optim.blr, cfg.model.depth, cfg.engine.ds_config) == (2e-3, 3, "ds_configs/zero3.json")
+    assert cfg.model.name == "tiny"  # from the recipe
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "1"
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_args(["optim.bogus=1"])

@@ -212,7 +212,7 @@ def parse_args(argv: Optional[list]) -> RunConfig:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=3e-4 stage.run_dir=runs/x")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before, between or after options
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     overrides = list(args.overrides) + ([f"engine.ds_config={args.ds}"] if args.ds else [])

@@ -315,7 +315,8 @@ def test_epoch_batches_skip_short_batches_and_resume():
 def test_pretrain_command_line(monkeypatch):
     from giant.stages.pretrain import parse_args
 
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # recorded, so the value parse_args sets is undone
+    monkeypatch.delenv("LOCAL_RANK")
     cfg = parse_args(["optim.blr=2e-3", "--recipe", str(REPO / "launch/recipes/demo_pretrain.yaml"),
                       "--local_rank=1", "model.depth=3", "--ds", "ds_configs/zero3.json"])
     assert (cfg.optim.blr, cfg.model.depth, cfg.engine.ds_config) == (2e-3, 3, "ds_configs/zero3.json")

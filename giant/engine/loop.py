@@ -127,21 +127,24 @@ class LoopHooks:
     throughput: Optional[Callable[[int, float], dict]] = None
 
 
-def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int) -> tuple[torch.Tensor, dict, Any]:
-    loss_sum = torch.zeros((), dtype=torch.float64)
+def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
+                 device: torch.device) -> tuple[torch.Tensor, dict, Any]:
+    # summed on the device: reading each micro-batch's loss would stall the GPU queue
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     batch = out = None
     for _ in range(accum):
         batch = next(batches)
         loss, out = step_fn(engine, batch)
         engine.backward(loss)
         engine.step()
-        loss_sum += loss.detach().double().cpu()
+        loss_sum += loss.detach().double()
     return loss_sum, batch, out
 
 
-def _agree(loss_sum: torch.Tensor, stop: bool, device: torch.device) -> tuple[float, bool]:
+def _agree(loss_sum: torch.Tensor, stop: bool) -> tuple[float, bool]:
     """All ranks: mean loss over ranks and micro-batches' sum, and whether anyone must stop."""
-    buf = torch.tensor([loss_sum.item(), 1.0 if stop else 0.0], dtype=torch.float64, device=device)
+    flag = torch.full((), 1.0 if stop else 0.0, dtype=torch.float64, device=loss_sum.device)
+    buf = torch.stack([loss_sum, flag])
     world = 1
     if torch.distributed.is_initialized():
         world = torch.distributed.get_world_size()
@@ -177,10 +180,10 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
             set_lr_wd(engine.optimizer, lr, wd)
             scaler.before_step(engine)
             t0 = time.perf_counter()
-            loss_sum, batch, out = _micro_steps(engine, batches, step_fn, optim.accum_steps)
+            loss_sum, batch, out = _micro_steps(engine, batches, step_fn, optim.accum_steps, device)
             applied = engine.was_step_applied()
             scaler.update(not applied)
-            loss, stop = _agree(loss_sum / optim.accum_steps, flag.received is not None, device)
+            loss, stop = _agree(loss_sum / optim.accum_steps, flag.received is not None)
             seconds = time.perf_counter() - t0
             step += 1
             scalars = _step_scalars(engine, lr, wd, loss, applied, scaler, fp16)

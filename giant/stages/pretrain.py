@@ -137,7 +137,7 @@ def _finish(cfg: RunConfig, run_dir: Path, rank: int, result: Any, obs: _Observe
            "checkpoint": result.last_checkpoint, "steps": result.steps_done, "reason": result.reason,
            "first_loss": result.first_loss, "last_loss": result.last_loss,
            "skipped_steps": result.skipped_steps}
-    if result.reason == "completed" and result.last_checkpoint:
+    if result.reason == "completed":  # also when a finished run is relaunched: re-export latest
         if rank == 0:  # consolidate for the next stage (any ZeRO stage, no process group needed)
             weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)})
             art.update(weights=str(weights), model_json=str(model_json))

@@ -12,6 +12,12 @@ A crash at any moment leaves `latest` naming a complete checkpoint; resume also 
 the newest directory that has giant_meta.json if `latest` is missing. Assumes the checkpoint
 directory is on a filesystem all ranks share (the usual cluster setup).
 
+What is saved: DeepSpeed's own files (module, ZeRO optimizer shards, skipped-step count) with
+`client_state` = step, sampler position, loss-scaler and data-failure state, resolved config;
+giant_meta.json = model architecture, world size, ZeRO stage (checked before loading, so a wrong
+model is a CheckpointError, not a size-mismatch traceback); one RNG file per rank, because
+DeepSpeed writes client_state from data-parallel rank 0 only and RNG streams differ per rank.
+
 Export uses DeepSpeed's zero_to_fp32 (any ZeRO stage, ZeRO-3 included) and needs neither the
 training world size nor a GPU: `giant export RUN_DIR`.
 """

@@ -166,12 +166,16 @@ class FailureTracker:
     def fraction(self) -> float:
         return self.failed / self.attempts if self.attempts else 0.0
 
-    def check(self) -> None:
-        if self.failed >= self.min_fail_count and self.fraction > self.max_fail_fraction:
-            listing = "\n  ".join(self.first)
+    def check(self, attempts: Optional[int] = None, failed: Optional[int] = None) -> None:
+        """Raise past the threshold; `attempts`/`failed` are totals across ranks when given."""
+        attempts = self.attempts if attempts is None else attempts
+        failed = self.failed if failed is None else failed
+        fraction = failed / attempts if attempts else 0.0
+        if failed >= self.min_fail_count and fraction > self.max_fail_fraction:
+            listing = "\n  ".join(self.first) or "(none on this rank)"
             raise DataError(
-                f"{self.failed} of {self.attempts} video reads failed ({self.fraction:.2%} > "
-                f"data.max_fail_fraction={self.max_fail_fraction:g}); first failures:\n  {listing}\n"
+                f"{failed} of {attempts} video reads failed ({fraction:.2%} > "
+                f"data.max_fail_fraction={self.max_fail_fraction:g}); first failures here:\n  {listing}\n"
                 "Fix or drop these entries (`giant data validate MANIFEST` lists every bad line) "
                 "or raise data.max_fail_fraction.")
 

@@ -8,7 +8,6 @@ applied here too, by wrapping block instances: model code stays unaware of it.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 import json
@@ -267,35 +266,6 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
 
 
 # ----------------------------------------------------------------------------- ZeRO-3 outputs
-_NT_CACHE: dict[type, type] = {}
-
-
-def _as_namedtuple(value: Any) -> Any:
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
-        return value
-    cls = type(value)
-    if cls not in _NT_CACHE:
-        fields = [f.name for f in dataclasses.fields(cls)]
-        _NT_CACHE[cls] = collections.namedtuple(cls.__name__, fields)
-    return _NT_CACHE[cls](**{f: getattr(value, f) for f in _NT_CACHE[cls]._fields})
-
-
-def tuple_outputs(model: nn.Module) -> None:
-    """Return dataclass outputs (MAEOutput) as namedtuples with the same fields.
-
-    ZeRO-3 re-gathers the root module's own parameters (e.g. `mask_token`) in backward through
-    hooks on the tensors the forward returns, and it only looks inside tuples/lists/dicts; a
-    dataclass hides `loss` from it and backward then meets a released (size-0) parameter.
-    """
-    if getattr(model, "_giant_tuple_outputs", False):
-        return
-    inner = model.forward
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return _as_namedtuple(inner(*args, **kwargs))
-
-    model.forward = forward
-    model._giant_tuple_outputs = True
 
 
 # ----------------------------------------------------------------------------- engine
@@ -335,7 +305,6 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     if offload and device.type == "cuda":
         ds.pop("zero_force_ds_cpu_optimizer", None)
-    tuple_outputs(model)
     model.to(device)
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     optimizer = _build_optimizer(groups, optim, device, offload)

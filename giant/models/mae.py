@@ -10,7 +10,7 @@ M decoder-kept tokens, D encoder width, E decoder width, P values per token (C·
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,8 +24,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass
-class MAEOutput:
+class MAEOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: ZeRO-3 finds the output tensors (to re-gather the root
+    module's own parameters in backward) only inside tuples, lists and dicts."""
+
     loss: torch.Tensor  # scalar, fp32
     pred: torch.Tensor  # (B, M, P) decoder output at the decoder-kept positions
     target: torch.Tensor  # (B, M, P) normalised pixel target at the same positions

@@ -62,11 +62,45 @@ def _data(cfg: RunConfig, model_cfg: Any, rank: int, world: int) -> tuple[EpochB
             FailureTracker.from_config(cfg))
 
 
+class _GlobalFailures:
+    """Skip-and-count across ranks: the threshold is checked on totals all-reduced every step,
+    so every rank raises at the same step (a lone rank raising would leave its peers waiting in
+    a collective), and the totals survive a resume (checkpoint client state is rank 0's)."""
+
+    def __init__(self, tracker: Any, device: torch.device, rank: int):
+        self.tracker, self.device, self.rank = tracker, device, rank
+        self.failed = 0
+
+    def add(self, batch: dict) -> None:
+        self.tracker.add(batch["num_videos"], batch["num_failed"], batch["failed_paths"],
+                         batch.get("failed_reasons"))
+
+    def totals(self) -> tuple[int, int]:
+        t = torch.tensor([self.tracker.attempts, self.tracker.failed], dtype=torch.float64,
+                         device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(t)
+        return int(t[0]), int(t[1])
+
+    def check(self) -> int:
+        attempts, self.failed = self.totals()
+        self.tracker.check(attempts, self.failed)
+        return self.failed
+
+    def state_dict(self) -> dict:
+        attempts, failed = self.totals()
+        return {"attempts": attempts, "failed": failed, "first": list(self.tracker.first)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.rank == 0:  # the saved totals live on one rank so the all-reduce stays exact
+            self.tracker.load_state_dict(state)
+
+
 def _step_fn(cfg: RunConfig, device: torch.device, tracker: Any):
     from giant.data import normalize_on_device
 
     def step(engine: Any, batch: dict) -> tuple[torch.Tensor, Any]:
-        tracker.update(batch)
+        tracker.add(batch)
         video = batch["video"].to(device, non_blocking=True)
         x = normalize_on_device(video, cfg.data.mean, cfg.data.std)
         out = engine(x, batch["enc_keep"].to(device, non_blocking=True),
@@ -105,7 +139,8 @@ class _Observer:
         return {**self.tput.update(self.global_clips, seconds), **self._memory(self.device)}
 
     def scalars(self, step: int) -> dict:
-        return {"epoch": self.batches.state_dict().get("epoch", 0), "data_failures": self.tracker.failed}
+        failed = self.tracker.check()  # collective; raises DataError on every rank together
+        return {"epoch": self.batches.state_dict().get("epoch", 0), "data_failures": failed}
 
     def image(self, step: int, batch: dict, out: Any) -> None:
         if self.rank != 0:
@@ -166,7 +201,8 @@ def run(cfg: RunConfig) -> dict:
     if rank == 0:
         dump_config(resolved, run_dir / "config.yaml")
     torch.manual_seed(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path)
-    batches, tracker = _data(cfg, model_cfg, rank, world)
+    batches, local_tracker = _data(cfg, model_cfg, rank, world)
+    tracker = _GlobalFailures(local_tracker, device, rank)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     meta = _meta(resolved, model_cfg, world, info.zero_stage)
     states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": tracker}

@@ -63,3 +63,17 @@ def test_reconstruction_image_with_perfect_prediction():
     assert np.abs(top - bottom).max() <= 1
     middle = img[32:64]
     assert (middle == 128).mean() > 0.3  # masked half drawn grey
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
+    first = MetricsLogger(tmp_path, progress=False)
+    for step in (1, 2, 3, 4):  # crashed after step 4; the last checkpoint was step 2
+        first.log_step(step, {"loss": float(step)})
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a line cut by the crash
+    again = MetricsLogger(tmp_path, progress=False, resume_step=2)
+    again.log_step(3, {"loss": 30.0})
+    again.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]

@@ -87,11 +87,27 @@ def _fmt(key: str, value: float) -> str:
     return f"{key} {value:.4g}"
 
 
+def _truncate_after(jsonl: Path, step: int) -> None:
+    """Keep only rows up to `step`: after a resume, the steps a crashed run logged past its last
+    checkpoint are re-run and must not appear twice."""
+    keep = []
+    for line in jsonl.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by the crash
+            continue
+    tmp = jsonl.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, jsonl)
+
+
 class MetricsLogger:
     """Every step → TensorBoard + `metrics.jsonl`; every `log_every` → one console line."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 log_every: int = 10, progress: bool = True, total_steps: Optional[int] = None):
+                 log_every: int = 10, progress: bool = True, total_steps: Optional[int] = None,
+                 resume_step: int = 0):
         self.enabled = enabled
         self.log_every = max(1, log_every)
         self.total_steps = total_steps
@@ -100,11 +116,16 @@ class MetricsLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        jsonl = self.run_dir / "metrics.jsonl"
+        if resume_step and jsonl.exists():
+            _truncate_after(jsonl, resume_step)
+        self._jsonl = open(jsonl, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            # purge_step drops events a crashed run logged after its last checkpoint
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                     purge_step=resume_step + 1 if resume_step else None)
         if progress and sys.stderr.isatty() and total_steps:
             from tqdm import tqdm
 

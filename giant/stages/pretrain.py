@@ -121,7 +121,8 @@ class _Observer:
     """Rank-0 metrics, throughput and reconstruction images for the loop's hooks."""
 
     def __init__(self, cfg: RunConfig, model_cfg: Any, run_dir: Path, rank: int, world: int,
-                 device: torch.device, global_clips: int, tracker: Any, batches: EpochBatches):
+                 device: torch.device, global_clips: int, tracker: Any, batches: EpochBatches,
+                 start: int = 0):
         from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
         from giant.flops import train_flops_per_clip
 
@@ -129,7 +130,7 @@ class _Observer:
         self.tracker, self.batches, self.global_clips = tracker, batches, global_clips
         self.metrics = MetricsLogger(run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard,
                                      log_every=cfg.logging.log_every, progress=cfg.logging.progress,
-                                     total_steps=cfg.optim.total_steps)
+                                     total_steps=cfg.optim.total_steps, resume_step=start)
         self._memory = memory_stats
         self.tput = Throughput(train_flops_per_clip(model_cfg, cfg.mask, "pretrain"), device,
                                cfg.precision.encoder, world)
@@ -213,7 +214,8 @@ def run(cfg: RunConfig) -> dict:
                   "config": to_dict(resolved)}
         return str(ckpt.save(engine, step, client, meta))
 
-    obs = _Observer(resolved, model_cfg, run_dir, rank, world, device, info.global_batch_clips, tracker, batches)
+    obs = _Observer(resolved, model_cfg, run_dir, rank, world, device, info.global_batch_clips,
+                    tracker, batches, start)
     hooks = LoopHooks(save=save, log_step=obs.metrics.log_step, scalars=obs.scalars,
                       image=obs.image, throughput=obs.throughput)
     log.info("pre-training %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s",

@@ -63,6 +63,8 @@ def test_reconstruction_image_with_perfect_prediction():
     assert np.abs(top - bottom).max() <= 1
     middle = img[32:64]
     assert (middle == 128).mean() > 0.3  # masked half drawn grey
+    big = reconstruction_image(video, enc, dec, pred, cfg, min_size=100)
+    assert big.shape == (4 * 3 * 32, 4 * 2 * 32, 3) and np.array_equal(big[::4, ::4], img)
 
 
 def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> dict:
         out = engine(video, enc, dec)
         engine.backward(out.loss)
         engine.step()
+        info.loss_scaler.update(not engine.was_step_applied())
         _sync(device)
         if i >= args.warmup:
             elapsed += time.perf_counter() - t0

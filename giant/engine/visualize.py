@@ -24,8 +24,12 @@ def _tokens(video_CTHW_01: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tensor,
                          dec_keep_M: torch.Tensor, pred_MP: torch.Tensor,
-                         model_cfg: ModelConfig) -> np.ndarray:
-    """uint8 (3·H, T'·W, 3) grid: rows original, masked input, reconstruction."""
+                         model_cfg: ModelConfig, min_size: int = 0) -> np.ndarray:
+    """uint8 (3·H, T'·W, 3) grid: rows original, masked input, reconstruction.
+
+    Frames smaller than `min_size` are enlarged by an integer factor (nearest neighbour, so
+    token boundaries stay sharp) to be readable in TensorBoard.
+    """
     cfg = model_cfg.resolved()
     grid = token_grid(cfg)
     pix_CTHW = video_uint8_CTHW.detach().cpu().float() / 255.0
@@ -48,4 +52,7 @@ def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tenso
         frames = vid_CTHW[:, ::cfg.tubelet_size]  # one frame per tubelet
         rows.append(torch.cat(list(frames.permute(1, 2, 3, 0)), dim=1))  # H, T'·W, C
     image = torch.cat(rows, dim=0)
+    factor = max(1, -(-min_size // cfg.img_size))
+    if factor > 1:
+        image = image.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -149,7 +149,7 @@ class _Observer:
         from giant.engine.visualize import reconstruction_image
 
         img = reconstruction_image(batch["video"][0], batch["enc_keep"][0], batch["dec_keep"][0],
-                                   out.pred[0].detach().float().cpu(), self.model_cfg)
+                                   out.pred[0].detach().float().cpu(), self.model_cfg, min_size=128)
         path = self.metrics.log_image(step, "reconstruction", img)
         if path is not None:
             self.images.append(str(path))

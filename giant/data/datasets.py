@@ -19,6 +19,7 @@ from giant.data.decode import BACKENDS, VideoDecodeError, frame_range, open_vide
 from giant.data.manifest import VideoEntry, load_entries
 from giant.data.sampling import (dense_indices, dense_test_views, segment_indices,
                                  segment_test_views, spatial_crop_offsets, union_indices)
+from giant.data.seeding import derive_seed  # re-exported: tests and callers import it here
 from giant.data.transforms import (PRETRAIN_SCALES, VideoRandAugment, crop, crop_resize,
                                    cube_erase, frames_to_tensor, multi_scale_crop_box,
                                    random_resized_crop_box, resize_short_side, to_cthw)
@@ -28,12 +29,6 @@ log = logging.getLogger(__name__)
 
 MaskFn = Callable[[torch.Generator], tuple]
 SAMPLINGS = ("dense", "segments")
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers; SeedSequence mixes them so neighbouring indices differ."""
-    a, b = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
-    return (int(a) << 31) ^ int(b)
 
 
 class VideoDataset(Dataset):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from giant.data.seeding import derive_seed
 from giant.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ResumableDistributedSampler(Sampler):
     def _permutation(self) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.dataset_len)
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        # mixed, not seed + epoch: that would make (seed s, epoch e+1) replay (s+1, e)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         return torch.randperm(self.dataset_len, generator=g).numpy()
 
     def _remaining(self) -> np.ndarray:

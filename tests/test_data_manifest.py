@@ -135,3 +135,27 @@ def test_write_manifest_round_trip(tmp_path):
     back = read_manifest(tmp_path / "out.csv")
     assert [(e.path, e.label, e.start, e.end) for e in back] == [
         (e.path, e.label, e.start, e.end) for e in entries]
+
+
+def test_write_manifest_keeps_label_zero_and_end_without_start(tmp_path):
+    # label 0 is a class: an all-zero label column must still be written
+    zeros = [VideoEntry(str(tmp_path / "a.mp4"), 0), VideoEntry(str(tmp_path / "b.mp4"), 0)]
+    write_manifest(tmp_path / "z.csv", zeros, base=tmp_path)
+    assert (tmp_path / "z.csv").read_text().splitlines() == ["path,label", "a.mp4,0", "b.mp4,0"]
+    assert [e.label for e in read_manifest(tmp_path / "z.csv")] == [0, 0]
+    # end without start: end column only; no label anywhere: no label column
+    cut = [VideoEntry(str(tmp_path / "a.mp4"), end=300), VideoEntry(str(tmp_path / "b.mp4"))]
+    write_manifest(tmp_path / "c.csv", cut, base=tmp_path)
+    assert (tmp_path / "c.csv").read_text().splitlines() == ["path,end_frame", "a.mp4,300", "b.mp4,-1"]
+    assert [(e.label, e.start, e.end) for e in read_manifest(tmp_path / "c.csv")] == [
+        (None, 0, 300), (None, 0, None)]
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    # Excel's "CSV UTF-8" starts with a BOM; it must still read as a giant CSV, not an official list
+    m = tmp_path / "excel.csv"
+    m.write_bytes("path,label\r\na.mp4,0\r\nb.mp4,3\r\n".encode("utf-8-sig"))
+    assert [(Path(e.path).name, e.label) for e in read_manifest(m)] == [("a.mp4", 0), ("b.mp4", 3)]
+    listed = tmp_path / "official.txt"
+    listed.write_bytes("a.mp4 2\n".encode("utf-8-sig"))
+    assert read_manifest(listed)[0].path == str(tmp_path / "a.mp4")

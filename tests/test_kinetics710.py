@@ -109,3 +109,12 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "map.txt").write_text("a\n\nb\n")
     with pytest.raises(DataError, match=r"map.txt:2: empty class name"):
         k.read_label_map(tmp_path / "map.txt")
+
+
+def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    (tmp_path / "map.txt").write_bytes("abseiling\nzumba\n".encode("utf-8-sig"))
+    assert k.read_label_map(tmp_path / "map.txt") == ["abseiling", "zumba"]
+    path = tmp_path / "k400.csv"
+    path.write_bytes("label,youtube_id,time_start,time_end,split\nzumba,aaa,0,10,train\n"
+                     .encode("utf-8-sig"))
+    assert [(c.label, c.youtube_id) for c in k.read_annotations(path, "k400")] == [("zumba", "aaa")]

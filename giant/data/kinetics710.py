@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from giant.data.manifest import MANIFEST_ENCODING, VideoEntry, write_manifest
 from giant.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def read_label_map(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"label map {path} does not exist")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding=MANIFEST_ENCODING).splitlines()  # a BOM is not a class name
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, 1):
@@ -107,7 +108,7 @@ def read_annotations(path: str | Path, source: str) -> list[Clip]:
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
     clips = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding=MANIFEST_ENCODING) as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in ANNOTATION_COLUMNS if c not in header]
@@ -178,18 +179,16 @@ def write_k710_manifests(out_dir: str | Path, split: K710Split, template: str = 
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
     for name in ("train", "val"):
-        missing = 0
-        with open(out_dir / f"{name}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "source"])
-            for clip, label in getattr(split, name):
-                rel = clip_path(clip, template)
-                if require_exists and not (Path(video_root or out_dir) / rel).exists():
-                    missing += 1
-                    continue
-                path = str(Path(video_root) / rel) if video_root else rel
-                writer.writerow([path, label, clip.source])
-        stats[name] = len(getattr(split, name)) - missing
+        entries, missing = [], 0
+        for clip, label in getattr(split, name):
+            rel = clip_path(clip, template)
+            if require_exists and not (Path(video_root or out_dir) / rel).exists():
+                missing += 1
+                continue
+            path = str(Path(video_root) / rel) if video_root else rel
+            entries.append(VideoEntry(path, label, clip.source))
+        write_manifest(out_dir / f"{name}.csv", entries)
+        stats[name] = len(entries)
         stats[f"{name}_missing_files"] = missing
     stats.update(dropped_duplicates=split.dropped_duplicates,
                  dropped_val_in_train=split.dropped_val_in_train,

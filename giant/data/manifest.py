@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = ("path", "label", "source", "start_frame", "end_frame")
 SOURCE_KEYS = ("name", "manifest", "root", "sampling_rate", "weight", "list_format")
 LIST_FORMATS = ("auto", "pretrain", "labeled")
+# utf-8-sig drops the byte-order mark Excel writes; read as plain text it would turn the
+# header cell "path" into "\ufeffpath" and the CSV into an official list
+MANIFEST_ENCODING = "utf-8-sig"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def _int_field(value: str, name: str, where: str, minimum: int) -> Optional[int]
 
 def _is_giant_csv(path: Path) -> bool:
     """A giant CSV starts (after comments/blank lines) with a header whose first cell is path."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding=MANIFEST_ENCODING) as f:
         for line in f:
             text = line.strip()
             if text and not text.startswith("#"):
@@ -71,7 +74,7 @@ def _is_giant_csv(path: Path) -> bool:
 
 def _data_lines(path: Path):
     """(line number, text) of non-blank, non-comment lines."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding=MANIFEST_ENCODING) as f:
         for number, line in enumerate(f, 1):
             text = line.strip()
             if text and not text.startswith("#"):
@@ -204,7 +207,7 @@ def read_sources(path: str | Path, root: str = "", seed: int = 0) -> list[VideoE
     if not path.is_file():
         raise DataError(f"sources file {path} does not exist; fix data.manifest")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(path.read_text(encoding=MANIFEST_ENCODING)) or {}
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("sources"), list) or not doc["sources"]:
@@ -244,12 +247,14 @@ def load_entries(path: str | Path, root: str = "", list_format: str = "auto",
 def write_manifest(path: str | Path, entries: list[VideoEntry], base: str | Path | None = None) -> None:
     """Write entries as a giant CSV (paths relative to `base` when they lie under it)."""
     base = Path(base) if base is not None else None
-    has = {c: any(getattr(e, a) not in (None, "", 0) for e in entries)
-           for c, a in (("label", "label"), ("source", "source"), ("start_frame", "start"),
-                        ("end_frame", "end"))}
+    # a column is written when any entry sets it (label 0 is a class, not "no label")
+    has = {"label": any(e.label is not None for e in entries),
+           "source": any(e.source for e in entries),
+           "start_frame": any(e.start != 0 for e in entries),
+           "end_frame": any(e.end is not None for e in entries)}
     columns = ["path"] + [c for c in CSV_COLUMNS[1:] if has[c]]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for e in entries:

@@ -7,12 +7,13 @@ single frame predicts it. Everything is drawn from one seed: same seed, same pix
 """
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from giant.data.manifest import VideoEntry, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,7 @@ def _split(labels: list[int], val_fraction: float) -> list[bool]:
 
 
 def _write_manifest(path: Path, rows: list[tuple[str, int]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "source"])
-        for rel, label in rows:
-            writer.writerow([rel, label, "synthetic"])
+    write_manifest(path, [VideoEntry(rel, label, "synthetic") for rel, label in rows])
 
 
 def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: int = 32,

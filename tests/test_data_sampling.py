@@ -45,12 +45,22 @@ def test_segments():
 
 def test_dense_test_views():
     views = dense_test_views(0, 300, 16, 4, 5)
-    # room 239 spread over 5 starts: 0, 60 (59.75), 120 (119.5), 179 (179.25), 239
-    assert [int(v[0]) for v in views] == [0, 60, 120, 179, 239]
+    # room 239 spread over 5 starts, truncated like the official code: 0, 59 (59.75),
+    # 119 (119.5), 179 (179.25), 239
+    assert [int(v[0]) for v in views] == [0, 59, 119, 179, 239]
     assert all(v.tolist() == list(range(int(v[0]), int(v[0]) + 61, 4)) for v in views)
     assert [int(v[0]) for v in dense_test_views(0, 300, 16, 4, 1)] == [119]
     short = dense_test_views(0, 10, 4, 4, 3)
     assert [v.tolist() for v in short] == [[0, 4, 8, 9]] * 3
+
+
+def test_test_view_offsets_truncate_like_official():
+    # room 7, 5 views: step 1.75 → int(0, 1.75, 3.5, 5.25, 7) = 0, 1, 3, 5, 7 (rounding: 0, 2, 4, 5, 7)
+    views = dense_test_views(0, 11, 4, 1, 5)  # span 4 in 11 frames: room 7
+    assert [int(v[0]) for v in views] == [0, 1, 3, 5, 7]
+    assert views[2].tolist() == [3, 4, 5, 6]
+    assert spatial_crop_offsets(10, 17, 10, 5) == [(0, 0), (0, 1), (0, 3), (0, 5), (0, 7)]
+    assert spatial_crop_offsets(17, 10, 10, 5) == [(0, 0), (1, 0), (3, 0), (5, 0), (7, 0)]
 
 
 def test_segment_test_views():

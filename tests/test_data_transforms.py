@@ -47,6 +47,10 @@ def test_crop_resize_and_layout():
     assert torch.equal(out, video[:, :, 4:36, 8:40])
     assert crop_resize(video, (0, 0, 48, 48), 20).shape == (5, 3, 20, 20)
     assert resize_short_side(video, 24).shape == (5, 3, 24, 32)
+    # long side truncated like the official resize: 427·224/240 = 398.53 → 398
+    wide = torch.zeros(1, 3, 240, 427, dtype=torch.uint8)
+    assert resize_short_side(wide, 224).shape == (1, 3, 224, 398)
+    assert resize_short_side(wide.transpose(-1, -2), 224).shape == (1, 3, 398, 224)
     cthw = to_cthw(video)
     assert cthw.shape == (3, 5, 48, 64) and cthw.is_contiguous()
     assert torch.equal(cthw[:, 3], video[3])

@@ -9,6 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def _spread(room: int, count: int) -> list[int]:
+    """`count` offsets from 0 to `room`: int(k · step) with step = room / (count − 1), the
+    official VideoMAE test-view rule (truncation, not rounding; same float order)."""
+    step = room / (count - 1)
+    return [int(k * step) for k in range(count)]
+
+
 def dense_indices(start: int, end: int, num_frames: int, stride: int,
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """`num_frames` frames `stride` apart. rng given = random window (training); None = the
@@ -38,14 +45,12 @@ def segment_indices(start: int, end: int, num_segments: int,
 
 def dense_test_views(start: int, end: int, num_frames: int, stride: int,
                      num_views: int) -> list[np.ndarray]:
-    """`num_views` windows evenly spread from the first to the last possible start."""
+    """`num_views` windows evenly spread from the first to the last possible start (offsets
+    truncated like the official code: room 7, 5 views → 0, 1, 3, 5, 7)."""
     length = end - start
     span = (num_frames - 1) * stride + 1
     room = max(length - span, 0)
-    if num_views == 1:
-        offsets = [room // 2]
-    else:
-        offsets = [int(round(k * room / (num_views - 1))) for k in range(num_views)]
+    offsets = [room // 2] if num_views == 1 else _spread(room, num_views)
     base = np.arange(num_frames) * stride
     return [np.minimum(start + o + base, end - 1).astype(np.int64) for o in offsets]
 
@@ -65,10 +70,7 @@ def spatial_crop_offsets(height: int, width: int, size: int, num_crops: int) -> 
     room_short = (height if long_is_w else width) - size
     if room_long < 0 or room_short < 0:
         raise ValueError(f"crop {size} larger than frame {height}x{width}")
-    if num_crops == 1:
-        along = [room_long // 2]
-    else:
-        along = [int(round(k * room_long / (num_crops - 1))) for k in range(num_crops)]
+    along = [room_long // 2] if num_crops == 1 else _spread(room_long, num_crops)
     across = room_short // 2
     return [(across, a) if long_is_w else (a, across) for a in along]
 

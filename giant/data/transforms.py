@@ -78,14 +78,15 @@ def crop_resize(video: torch.Tensor, box: tuple[int, int, int, int], size: int) 
 
 
 def resize_short_side(video: torch.Tensor, short: int) -> torch.Tensor:
-    """Resize so the shorter side is `short` pixels, keeping the aspect ratio."""
+    """Resize so the shorter side is `short` pixels, keeping the aspect ratio; the long side is
+    truncated like the official code (240×427 → 224×398, not 399)."""
     h, w = video.shape[-2:]
     if min(h, w) == short:
         return video
     if h <= w:
-        new = (short, max(short, int(round(w * short / h))))
+        new = (short, max(short, int(short * w / h)))
     else:
-        new = (max(short, int(round(h * short / w))), short)
+        new = (max(short, int(short * h / w)), short)
     return TF.resize(video, list(new), antialias=True)
 
 

@@ -7,7 +7,8 @@ import torch
 
 from giant.data.transforms import (VideoRandAugment, crop_resize, cube_erase, frames_to_tensor,
                                    multi_scale_crop_box, normalize_on_device,
-                                   random_resized_crop_box, resize_short_side, to_cthw)
+                                   random_resized_crop_box, resize_short_side, stack_cthw,
+                                   to_cthw)
 
 
 def test_multi_scale_crop_box_candidates():
@@ -54,6 +55,15 @@ def test_crop_resize_and_layout():
     cthw = to_cthw(video)
     assert cthw.shape == (3, 5, 48, 64) and cthw.is_contiguous()
     assert torch.equal(cthw[:, 3], video[3])
+
+
+def test_stack_cthw_is_one_contiguous_copy():
+    frames = np.random.default_rng(1).integers(0, 256, (4, 40, 56, 3), dtype=np.uint8)
+    video = frames_to_tensor(frames)  # channels-last strides, as decoded
+    clips = [crop_resize(video, (0, 0, 40, 40), 24), video[:, :, 8:32, 4:28]]
+    out = stack_cthw(clips)
+    assert out.shape == (2, 3, 4, 24, 24) and out.is_contiguous()
+    assert torch.equal(out, torch.stack([to_cthw(c) for c in clips]))
 
 
 def test_randaugment_same_ops_on_every_frame():

@@ -18,7 +18,7 @@ from giant.data.loader import (ResumableDistributedSampler, collate_pretrain, ma
                                set_loader_epoch)
 from giant.data.manifest import load_entries
 from giant.data.sampling import dense_indices
-from giant.data.transforms import crop_resize, frames_to_tensor, multi_scale_crop_box, to_cthw
+from giant.data.transforms import crop_resize, frames_to_tensor, multi_scale_crop_box, stack_cthw
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def profile_stages(manifest: str, root: str = "", backend: str = "decord", num_s
             t1 = time.perf_counter()
             video = frames_to_tensor(frames)
             h, w = video.shape[-2:]
-            torch.stack([to_cthw(crop_resize(video, multi_scale_crop_box(h, w, size, rng), size))
-                         for _ in range(num_sample)])
+            stack_cthw([crop_resize(video, multi_scale_crop_box(h, w, size, rng), size)
+                        for _ in range(num_sample)])
             t2 = time.perf_counter()
             if mask_fn is not None:
                 for r in range(num_sample):

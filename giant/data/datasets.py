@@ -22,7 +22,8 @@ from giant.data.sampling import (dense_indices, dense_test_views, segment_indice
 from giant.data.seeding import derive_seed  # re-exported: tests and callers import it here
 from giant.data.transforms import (PRETRAIN_SCALES, VideoRandAugment, crop, crop_resize,
                                    cube_erase, frames_to_tensor, multi_scale_crop_box,
-                                   random_resized_crop_box, resize_short_side, to_cthw)
+                                   random_resized_crop_box, resize_short_side, stack_cthw,
+                                   to_cthw)
 from giant.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ class PretrainClips(VideoDataset):
         frames = self._read(entry, lambda s, e: dense_indices(s, e, self.num_frames, stride, rng))
         video = frames_to_tensor(frames)
         h, w = video.shape[-2:]
-        clips = [to_cthw(crop_resize(video, multi_scale_crop_box(h, w, self.size, rng, self.scales),
-                                     self.size)) for _ in range(self.num_sample)]
-        sample = {"video": torch.stack(clips)}
+        clips = [crop_resize(video, multi_scale_crop_box(h, w, self.size, rng, self.scales), self.size)
+                 for _ in range(self.num_sample)]
+        sample = {"video": stack_cthw(clips)}
         if self.mask_fn is not None:
             enc, dec = [], []
             for r in range(self.num_sample):
@@ -219,14 +220,13 @@ class LabeledClips(VideoDataset):
         video = crop_resize(video, random_resized_crop_box(h, w, rng), self.size)
         if self.flip and rng.random() < 0.5:
             video = video.flip(-1)
-        video = cube_erase(video, rng, self.reprob, self.mean, self.std)
-        return to_cthw(video)
+        return cube_erase(video, rng, self.reprob, self.mean, self.std)  # [T, C, H, W]
 
     def _load(self, entry: VideoEntry, index: int, attempt: int, rng) -> dict:
         video = frames_to_tensor(self._read(entry, lambda s, e: self._indices(s, e, rng)))
         if self.train:
             clips = [self._augment(video, rng) for _ in range(self.num_sample)]
-            out = clips[0] if self.num_sample == 1 else torch.stack(clips)
+            out = to_cthw(clips[0]) if self.num_sample == 1 else stack_cthw(clips)
         else:
             video = resize_short_side(video, self.short_side)
             top, left = spatial_crop_offsets(*video.shape[-2:], self.size, 1)[0]
@@ -286,9 +286,10 @@ class TestViews(VideoDataset):
 
         video = resize_short_side(frames_to_tensor(self._read(entry, all_views)), self.short_side)
         offsets = spatial_crop_offsets(*video.shape[-2:], self.size, self.num_spatial)
-        views = [to_cthw(crop(video[pos], top, left, self.size))
-                 for pos in positions for top, left in offsets]
-        return {"video": torch.stack(views), "label": entry.label}
+        # crop first (a view), then gather the view's frames: only crop-sized pixels are copied
+        crops = [crop(video, top, left, self.size) for top, left in offsets]
+        views = [c[torch.as_tensor(pos)] for pos in positions for c in crops]
+        return {"video": stack_cthw(views), "label": entry.label}
 
     def _placeholder(self, entry: VideoEntry) -> dict:
         shape = (self.num_views, 3, self.num_frames, self.size, self.size)

@@ -27,6 +27,12 @@ def to_cthw(video: torch.Tensor) -> torch.Tensor:
     return video.permute(1, 0, 2, 3).contiguous()
 
 
+def stack_cthw(clips: list[torch.Tensor]) -> torch.Tensor:
+    """R clips [T, C, H, W] → contiguous [R, C, T, H, W] in ONE copy: stacking the transposed
+    views writes each clip straight into its slot (to_cthw per clip, then stack, copies twice)."""
+    return torch.stack([clip.transpose(0, 1) for clip in clips]).contiguous()
+
+
 def multi_scale_crop_box(height: int, width: int, size: int, rng: np.random.Generator,
                          scales=PRETRAIN_SCALES, max_distort: int = 1,
                          more_offsets: bool = False) -> tuple[int, int, int, int]:

@@ -82,10 +82,12 @@ def test_bad_video_is_replaced_logged_once_and_counted(entries, corrupt_videos, 
 
 
 def test_all_bad_stops_after_bounded_retries(corrupt_videos):
-    bad = [VideoEntry(str(corrupt_videos[k])) for k in ("garbage", "missing", "empty")]
+    bad = [VideoEntry(str(corrupt_videos[k]), where=f"m.csv:{i + 2}")
+           for i, k in enumerate(("garbage", "missing", "empty"))]
     ds = PretrainClips(bad, num_frames=4, size=32, num_sample=1, max_retries=3)
-    with pytest.raises(DataError, match=r"4 videos in a row could not be read, starting at .*garbage.mp4"):
+    with pytest.raises(DataError, match=r"4 videos in a row could not be read, starting at .*garbage.mp4") as err:
         ds[0]
+    assert "listed at m.csv:2)" in str(err.value)  # the manifest line to fix
 
 
 def test_labeled_train(entries):

@@ -114,6 +114,11 @@ def test_backend_errors(synth_videos):
     with open_video(str(synth_videos.videos[0])) as reader, \
             pytest.raises(VideoDecodeError, match=r"frame index 32 outside 0..31"):
         reader.get_frames([32])
+    with open_video(str(synth_videos.videos[0])) as reader:  # the offending index, not the max
+        with pytest.raises(VideoDecodeError, match=r"frame index -1 outside 0..31"):
+            reader.get_frames([5, -1, 3])
+        with pytest.raises(VideoDecodeError, match=r"frame index 40 outside 0..31"):
+            reader.get_frames([0, 40, 3])
 
 
 def test_frame_range():

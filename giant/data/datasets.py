@@ -71,7 +71,7 @@ class VideoDataset(Dataset):
         return reason
 
     def __getitem__(self, index: int) -> dict:
-        paths, reasons = [], []
+        paths, reasons, wheres = [], [], []
         for attempt in range(self.max_retries + 1):
             # substitutes: a seeded pseudo-random pick (a 5-part seed, apart from the 4-part
             # augmentation seed), so neighbouring bad files (a missing folder) are not retried
@@ -84,6 +84,7 @@ class VideoDataset(Dataset):
                 sample = self._load(entry, index, attempt, rng)
             except VideoDecodeError as exc:
                 paths.append(entry.path)
+                wheres.append(entry.where)
                 reasons.append(self._note_failure(entry, exc))
                 if not self.substitute:
                     sample = self._placeholder(entry)
@@ -93,9 +94,10 @@ class VideoDataset(Dataset):
             sample["valid"] = True
             break
         else:
+            listed = f", listed at {wheres[0]}" if wheres[0] else ""
             raise DataError(f"{len(paths)} videos in a row could not be read, starting at "
-                            f"{paths[0]} ({reasons[0]}); check data.root and the manifest with "
-                            "`giant data validate MANIFEST`")
+                            f"{paths[0]} ({reasons[0]}{listed}); check data.root and the "
+                            "manifest with `giant data validate MANIFEST`")
         sample.update(index=index, failed=len(paths), failed_paths=paths, failed_reasons=reasons)
         return sample
 

@@ -40,8 +40,10 @@ class VideoReader:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             raise ValueError("get_frames needs at least one index")
-        if indices.min() < 0 or indices.max() >= self.num_frames:
-            raise VideoDecodeError(f"{self.path}: frame index {int(indices.max())} outside "
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= self.num_frames:
+            bad = low if low < 0 else high  # name the index that is actually out of range
+            raise VideoDecodeError(f"{self.path}: frame index {bad} outside "
                                    f"0..{self.num_frames - 1}")
         unique, inverse = np.unique(indices, return_inverse=True)
         frames = self._decode(unique)

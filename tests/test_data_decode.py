@@ -127,3 +127,50 @@ def test_frame_range():
     assert frame_range(100, 10, 500) == (10, 100)
     with pytest.raises(VideoDecodeError, match="start_frame 100 is past the video's last frame"):
         frame_range(100, 100, None)
+
+
+def test_frame_folder_listing_is_cached_until_the_folder_changes(tmp_path):
+    import os
+
+    from PIL import Image
+
+    import giant.data.decode as decode
+
+    folder = tmp_path / "movie"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i:05d}.png")
+    before = decode._frame_files.cache_info()
+    for _ in range(3):
+        with open_video(str(folder), "frames") as reader:
+            assert reader.num_frames == 3 and reader.get_frames([2])[0, 0, 0, 0] == 80
+    after = decode._frame_files.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)  # listed once
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(folder / "00003.png")
+    stat = folder.stat()
+    os.utime(folder, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # coarse fs clocks
+    with open_video(str(folder), "frames") as reader:
+        assert reader.num_frames == 4 and reader.get_frames([3])[0, 0, 0, 0] == 200
+
+
+def test_pyav_packet_count_is_cached_per_file_version(tmp_path):
+    import os
+
+    import giant.data.decode as decode
+
+    path = tmp_path / "movie.mkv"  # Matroska headers carry no frame count
+    write_video(path, render_video(np.random.default_rng(6), 20, 32, 32, DIRECTIONS["up"]),
+                codec="mpeg4")
+    before = decode._count_video_packets.cache_info()
+    for _ in range(3):
+        with PyAVReader(str(path)) as reader:
+            assert reader.num_frames == 20
+            assert reader.get_frames([0, 19]).shape == (2, 32, 32, 3)
+    after = decode._count_video_packets.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 2)  # counted once
+    write_video(path, render_video(np.random.default_rng(7), 24, 32, 32, DIRECTIONS["up"]),
+                codec="mpeg4")  # rewritten in place: new size/mtime → counted again
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    with PyAVReader(str(path)) as reader:
+        assert reader.num_frames == 24

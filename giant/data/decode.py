@@ -6,7 +6,9 @@ errors become `VideoDecodeError` with one short reason, so the dataset can count
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +108,7 @@ class PyAVReader(VideoReader):
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
             self._stream.codec_context.thread_count = num_threads
-            self.num_frames = self._stream.frames or self._count_packets()
+            self.num_frames = self._stream.frames or _cached_packet_count(path)
         except Exception as exc:  # noqa: BLE001 - av raises many error types
             self.close()
             raise VideoDecodeError(f"cannot open ({_short(exc)})") from None
@@ -115,12 +117,6 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError("no frames")
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
-
-    def _count_packets(self) -> int:
-        """Containers without a frame count in the header: count video packets (no decode)."""
-        count = sum(1 for p in self._container.demux(self._stream) if p.size > 0)
-        self._container.seek(0)
-        return count
 
     def _frame_index(self, frame, counter: int, seeked: bool) -> int:
         if not seeked or frame.pts is None or not self._fps:
@@ -168,14 +164,46 @@ class PyAVReader(VideoReader):
             self._container = None
 
 
+@functools.lru_cache(maxsize=4096)
+def _count_video_packets(path: str, size: int, mtime_ns: int) -> int:
+    """Frames of a container whose header has no count (mkv, webm): its video packets, counted
+    without decoding. Cached per process by (path, size, mtime): a long movie is cut into many
+    manifest entries, and re-reading the whole file for each would cost more than decoding the
+    clip; a rewritten file has another size or mtime, so it is counted again."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def _cached_packet_count(path: str) -> int:
+    st = os.stat(path)
+    return _count_video_packets(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _frame_files(folder: str, mtime_ns: int) -> tuple[str, ...]:
+    """Sorted image file names of a frame folder. Cached per process: listing and sorting a
+    27k-frame AVA movie folder costs ~160 ms, more than reading the 16 frames of a clip. The
+    folder's mtime is part of the key, so adding or removing files lists it again."""
+    with os.scandir(folder) as it:
+        return tuple(sorted(e.name for e in it
+                            if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES))
+
+
 class FrameFolderReader(VideoReader):
     """A folder of images, one per frame, in sorted file-name order."""
 
     def __init__(self, path: str):
         self.path = path
-        self._files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        self.num_frames = len(self._files)
-        if not self._files:
+        try:
+            names = _frame_files(path, os.stat(path).st_mtime_ns)
+        except OSError as exc:
+            raise VideoDecodeError(f"cannot list folder ({_short(exc)})") from None
+        self._names = names  # joined with the folder only for the frames read
+        self.num_frames = len(names)
+        if not names:
             raise VideoDecodeError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder")
 
     def _decode(self, unique: np.ndarray) -> np.ndarray:
@@ -183,12 +211,12 @@ class FrameFolderReader(VideoReader):
 
         frames = []
         for i in unique:
+            name = self._names[int(i)]
             try:
-                with Image.open(self._files[int(i)]) as img:
+                with Image.open(os.path.join(self.path, name)) as img:
                     frames.append(np.asarray(img.convert("RGB")))
             except Exception as exc:  # noqa: BLE001
-                raise VideoDecodeError(f"cannot read {self._files[int(i)].name} "
-                                       f"({_short(exc)})") from None
+                raise VideoDecodeError(f"cannot read {name} ({_short(exc)})") from None
         if any(f.shape != frames[0].shape for f in frames):
             raise VideoDecodeError("frames of different sizes in one folder")
         return np.stack(frames)

@@ -183,13 +183,15 @@ def _cached_packet_count(path: str) -> int:
 
 
 @functools.lru_cache(maxsize=512)
-def _frame_files(folder: str, mtime_ns: int) -> tuple[str, ...]:
-    """Sorted image file names of a frame folder. Cached per process: listing and sorting a
-    27k-frame AVA movie folder costs ~160 ms, more than reading the 16 frames of a clip. The
-    folder's mtime is part of the key, so adding or removing files lists it again."""
+def _frame_files(folder: str, mtime_ns: int) -> np.ndarray:
+    """Sorted image file names of a frame folder, as a numpy bytes array (~1 byte per character
+    instead of ~70 per str object: 300 AVA movies of 27k frames stay ~100 MB per worker).
+    Cached per process: listing and sorting a 27k-frame folder costs ~160 ms, more than reading
+    a clip's 16 frames. The folder's mtime is in the key, so adding or removing files relists."""
     with os.scandir(folder) as it:
-        return tuple(sorted(e.name for e in it
-                            if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES))
+        names = sorted(os.fsencode(e.name) for e in it
+                       if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+    return np.array(names, dtype=bytes)
 
 
 class FrameFolderReader(VideoReader):
@@ -203,7 +205,7 @@ class FrameFolderReader(VideoReader):
             raise VideoDecodeError(f"cannot list folder ({_short(exc)})") from None
         self._names = names  # joined with the folder only for the frames read
         self.num_frames = len(names)
-        if not names:
+        if not len(names):
             raise VideoDecodeError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder")
 
     def _decode(self, unique: np.ndarray) -> np.ndarray:
@@ -211,7 +213,7 @@ class FrameFolderReader(VideoReader):
 
         frames = []
         for i in unique:
-            name = self._names[int(i)]
+            name = os.fsdecode(self._names[int(i)])
             try:
                 with Image.open(os.path.join(self.path, name)) as img:
                     frames.append(np.asarray(img.convert("RGB")))

@@ -51,13 +51,15 @@ def runs(synth_videos, tmp_path_factory):
     stopped = json.loads((d / "resumed" / "summary.json").read_text())
     second = pretrain(synth_videos, d / "resumed")  # same command, no stop: auto-resume
     assert second.returncode == 0, tail(second)
-    return {"dir": d, "stopped": stopped, "second_log": second.stdout + second.stderr}
+    return {"dir": d, "stopped": stopped, "second_log": second.stdout + second.stderr,
+            "first_log": first.stdout + first.stderr}
 
 
 def test_resume_reproduces_uninterrupted_losses(runs):
     full, resumed = losses(runs["dir"] / "full"), losses(runs["dir"] / "resumed")
     assert sorted(full) == sorted(resumed) == list(range(1, STEPS + 1))
     assert runs["stopped"]["reason"] == "stop_after" and runs["stopped"]["steps"] == 2
+    assert runs["first_log"].count("step_00000002 saved") == 1  # the stop does not re-save it
     assert "resumed from" in runs["second_log"] and "step 2" in runs["second_log"]
     for step in full:
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step

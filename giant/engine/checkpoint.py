@@ -165,7 +165,8 @@ class CheckpointManager:
         for tag in found[:-self.keep_last]:
             if tag != keep:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
-        for d in self.root.glob(".tmp_*"):  # abandoned partial saves of older steps
+        # abandoned partial saves, and replaced copies a crash left behind mid-re-save
+        for d in [*self.root.glob(".tmp_*"), *self.root.glob(".old_*")]:
             if d.name != f".tmp_{keep}":
                 shutil.rmtree(d, ignore_errors=True)
 

@@ -134,6 +134,7 @@ def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
     batch = out = None
     for _ in range(accum):
         batch = next(batches)
+        out = None  # drop the previous micro-batch's outputs before this forward (GPU memory)
         loss, out = step_fn(engine, batch)
         engine.backward(loss)
         engine.step()
@@ -170,7 +171,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
     """Run optimizer steps start_step..optim.total_steps; save on signals / every N / at the end."""
     flag = SignalFlag()
     result = LoopResult(steps_done=start_step, reason="completed")
-    skips_in_a_row, step = 0, start_step
+    skips_in_a_row, step, saved_step = 0, start_step, start_step
     try:
         while step < optim.total_steps:
             if stop_after and step - start_step >= stop_after:
@@ -211,11 +212,14 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
             if stop:
                 result.reason = f"signal:{flag.received or 'peer'}"
                 break
+            batch = out = None  # do not hold this step's outputs through the next forward
             if checkpoint_every and step % checkpoint_every == 0 and step < optim.total_steps:
-                result.last_checkpoint = hooks.save(step)
+                result.last_checkpoint, saved_step = hooks.save(step), step
+        result.skipped_steps = int(engine.skipped_steps)
+        # final save (still under the signal handlers: a second SIGTERM must not cut it short);
+        # nothing new to save when a finished run is relaunched or the step was just saved
+        if step > start_step and saved_step != step:
+            result.last_checkpoint = hooks.save(step)
     finally:
         flag.restore()
-    result.skipped_steps = int(engine.skipped_steps)
-    if step > start_step:  # nothing new to save when a finished run is relaunched
-        result.last_checkpoint = hooks.save(step)
     return result

@@ -99,10 +99,14 @@ class _GlobalFailures:
 def _step_fn(cfg: RunConfig, device: torch.device, tracker: Any):
     from giant.data import normalize_on_device
 
+    # on the device once: a list would be copied host→device (blocking) every micro-step
+    mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
+
     def step(engine: Any, batch: dict) -> tuple[torch.Tensor, Any]:
         tracker.add(batch)
         video = batch["video"].to(device, non_blocking=True)
-        x = normalize_on_device(video, cfg.data.mean, cfg.data.std)
+        x = normalize_on_device(video, mean, std)
         out = engine(x, batch["enc_keep"].to(device, non_blocking=True),
                      batch["dec_keep"].to(device, non_blocking=True))
         return out.loss, out
@@ -177,8 +181,8 @@ def _finish(cfg: RunConfig, run_dir: Path, rank: int, result: Any, obs: _Observe
         if rank == 0:  # consolidate for the next stage (any ZeRO stage, no process group needed)
             weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)})
             art.update(weights=str(weights), model_json=str(model_json))
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        # no barrier: other ranks have nothing left to do, and waiting in a collective while
+        # rank 0 consolidates a ViT-g checkpoint could outlast the process-group timeout
     if result.reason.startswith("signal") and rank == 0:
         (run_dir / "PREEMPTED").write_text(result.reason + "\n")  # launch/slurm requeues on it
     if rank == 0:

@@ -18,7 +18,9 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 # Set NCCL_SOCKET_IFNAME / NCCL_IB_HCA for your fabric here if auto-detection picks wrong.
 
 giant_srun() {
-  srun --kill-on-bad-exit=1 --export=ALL bash -c \
+  # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05): pass it, or every task
+  # gets one core and its loader workers starve the GPU.
+  srun --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=1 --export=ALL bash -c \
     'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' _ "$@"
 }
 

@@ -1,0 +1,70 @@
+"""The Slurm scripts' shell logic, with stand-ins for srun/scontrol/python on PATH: one task per
+GPU gets RANK/LOCAL_RANK/WORLD_SIZE from Slurm, srun is given the CPUs per task, and a run that
+stopped on a preemption signal requeues the job (a stale marker from an earlier job does not)."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SRUN = """#!/usr/bin/env bash
+echo "srun $*" >> "$CALLS"
+while [[ "$1" == --* ]]; do shift; done   # options, then: bash -c SCRIPT _ CMD...
+SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 exec "$@"
+"""
+SCONTROL = """#!/usr/bin/env bash
+if [ "$1" = show ]; then echo node1; else echo "scontrol $*" >> "$CALLS"; fi
+"""
+PYTHON = """#!/usr/bin/env bash
+echo "python RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE MASTER_ADDR=$MASTER_ADDR $*" >> "$CALLS"
+for a in "$@"; do case "$a" in stage.run_dir=*) run="${a#stage.run_dir=}";; esac; done
+mkdir -p "$run"
+[ -n "${FAKE_PREEMPT:-}" ] && echo signal:SIGUSR1 > "$run/PREEMPTED"
+exit 0
+"""
+
+
+def _tool(folder: Path, name: str, text: str) -> None:
+    path = folder / name
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def _sbatch(tmp: Path, preempt: bool, stale_marker: bool) -> list[str]:
+    root = tmp / "giant"
+    shutil.copytree(REPO / "launch" / "slurm", root / "launch" / "slurm")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("python", PYTHON)):
+        _tool(bin_dir, name, text)
+    calls = tmp / "calls.log"
+    calls.touch()
+    if stale_marker:
+        (root / "runs" / "r").mkdir(parents=True)
+        (root / "runs" / "r" / "PREEMPTED").write_text("old\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "12", "GIANT_ROOT": str(root),
+           "RUN_DIR": "runs/r", "HOME": str(tmp), **({"FAKE_PREEMPT": "1"} if preempt else {})}
+    proc = subprocess.run(["bash", str(root / "launch/slurm/pretrain.sbatch")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return calls.read_text().splitlines()
+
+
+def test_preempted_run_requeues_with_slurm_ranks(tmp_path):
+    calls = _sbatch(tmp_path, preempt=True, stale_marker=False)
+    assert calls[0].startswith("srun --cpus-per-task=12 --kill-on-bad-exit=1")
+    assert calls[1].startswith("python RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=node1 "
+                               "launch/pretrain.py --recipe launch/recipes/pretrain_vitg_hybrid.yaml "
+                               "--ds ds_configs/zero2.json stage.run_dir=runs/r")
+    assert calls[2] == "scontrol requeue 4242"
+    assert not (tmp_path / "giant" / "runs" / "r" / "PREEMPTED").exists()
+
+
+def test_finished_run_with_stale_marker_does_not_requeue(tmp_path):
+    calls = _sbatch(tmp_path, preempt=False, stale_marker=True)
+    assert len(calls) == 2 and not any(c.startswith("scontrol") for c in calls)

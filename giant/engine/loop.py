@@ -167,9 +167,12 @@ def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
 def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Callable,
                scaler: LossScaler, hooks: LoopHooks, start_step: int, device: torch.device,
                checkpoint_every: int = 0, image_every: int = 0, stop_after: int = 0,
-               fp16: bool = False) -> LoopResult:
-    """Run optimizer steps start_step..optim.total_steps; save on signals / every N / at the end."""
-    flag = SignalFlag()
+               fp16: bool = False, flag: Optional[SignalFlag] = None) -> LoopResult:
+    """Run optimizer steps start_step..optim.total_steps; save on signals / every N / at the end.
+
+    Pass `flag` when the handlers were installed earlier (a signal during start-up then stops
+    the run cleanly after its first step instead of killing it)."""
+    flag = flag or SignalFlag()
     result = LoopResult(steps_done=start_step, reason="completed")
     skips_in_a_row, step, saved_step = 0, start_step, start_step
     try:

@@ -21,7 +21,7 @@ from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, export_weights, load_weights
 from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
                                     check_ds_config, init_distributed)
-from giant.engine.loop import EpochBatches, LoopHooks, train_loop
+from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
 from giant.engine.precision import apply_precision
 from giant.errors import CheckpointError, ConfigError, GiantError
 
@@ -195,6 +195,16 @@ def run(cfg: RunConfig) -> dict:
     if cfg.engine.compile:
         raise ConfigError("engine.compile=true is not supported by the pre-training stage yet; set it to false")
     check_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
+    # end in a clean save + PREEMPTED marker, not the default kill
+    flag = SignalFlag()
+    try:
+        return _run(cfg, flag)
+    finally:
+        flag.restore()  # idempotent; also when start-up fails before the loop
+
+
+def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     rank, world, _, device = init_distributed(cfg)
     run_dir = Path(cfg.stage.run_dir)
     model_cfg = cfg.model.resolved()
@@ -228,7 +238,7 @@ def run(cfg: RunConfig) -> dict:
         result = train_loop(engine, info.optim, batches, _step_fn(cfg, device, tracker), info.loss_scaler,
                             hooks, start, device, checkpoint_every=cfg.checkpoint.every_steps,
                             image_every=cfg.logging.image_every, stop_after=cfg.stage.stop_after,
-                            fp16=cfg.precision.encoder == "fp16")
+                            fp16=cfg.precision.encoder == "fp16", flag=flag)
         return _finish(cfg, run_dir, rank, result, obs, ckpt.root)
     finally:
         obs.metrics.close()

@@ -109,6 +109,9 @@ class DataConfig:
     test_temporal_views: int = 5  # multi-view test: K temporal clips (SSv2: 2)
     test_spatial_views: int = 3  # ...× S spatial crops along the long side
     max_retries: int = 10  # other videos tried (deterministically) when one cannot be read
+    # seconds a loader worker may take for one batch before the run stops with an error naming
+    # this setting (a hung decode or network mount would otherwise block forever); 0 = wait forever
+    loader_timeout_s: float = 600.0
 
 
 @dataclass

@@ -164,3 +164,51 @@ def test_loader_epoch_reaches_workers(synth_videos):
     second = next(iter(loader))["video"]
     set_loader_epoch(loader, 0)
     assert torch.equal(next(iter(loader))["video"], first) and not torch.equal(first, second)
+
+
+class _SlowItems(torch.utils.data.Dataset):
+    """Item 1 takes `delay` seconds in the worker: a hung decode, in miniature."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        if i == 1:
+            import time
+
+            time.sleep(self.delay)
+        return i
+
+
+def test_loader_timeout_names_the_setting():
+    from giant.config import DataConfig
+
+    assert DataConfig().loader_timeout_s == 600.0
+    loader = make_loader(_SlowItems(1.0), None, 1, 1, lambda xs: xs, timeout=0.3)
+    it = iter(loader)
+    assert next(it) == [0]
+    with pytest.raises(DataError, match=r"within 0.3 s \(data.loader_timeout_s=0.3\)"):
+        next(it)
+    assert [b for b in make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=5)] == [[0], [1]]
+    with pytest.raises(DataError, match="data.loader_timeout_s=-1: use seconds > 0"):
+        make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=-1)
+
+
+def test_iterate_with_timeout_errors_converts_only_the_timeout():
+    from giant.data import iterate_with_timeout_errors
+
+    def batches(error):
+        yield 1
+        raise error
+
+    got = iterate_with_timeout_errors(batches(RuntimeError("DataLoader timed out after 7 seconds")), 7)
+    assert next(got) == 1
+    with pytest.raises(DataError, match=r"within 7 s \(data.loader_timeout_s=7\)"):
+        next(got)
+    other = iterate_with_timeout_errors(batches(RuntimeError("DataLoader worker exited unexpectedly")))
+    assert next(other) == 1
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        next(other)

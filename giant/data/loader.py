@@ -6,11 +6,13 @@
   are separate processes) to the main process.
 * `FailureTracker`: in the main process, stops training with a `DataError` listing the first
   failures once more than `data.max_fail_fraction` of reads fail.
+* `make_loader(..., timeout=cfg.data.loader_timeout_s)`: a worker stuck on one batch longer
+  than that stops the run with a `DataError` naming the setting instead of hanging forever.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -194,16 +196,57 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+TIMEOUT_SETTING = "data.loader_timeout_s"
+
+
+def iterate_with_timeout_errors(batches: Iterable, timeout: Optional[float] = None,
+                                setting: str = TIMEOUT_SETTING) -> Iterator:
+    """Yield the batches of a DataLoader (or of its iterator); DataLoader's bare
+    `RuntimeError: DataLoader timed out after N seconds` becomes a DataError naming `setting`.
+    Every other error passes through unchanged."""
+    timeout = getattr(batches, "timeout", None) if timeout is None else timeout
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader timed out" not in str(exc):
+                raise
+            shown = f"{timeout:g}" if isinstance(timeout, (int, float)) else "?"
+            raise DataError(
+                f"no batch from the data loader workers within {shown} s ({setting}={shown}): "
+                "a worker is stuck, most likely decoding one video (a hung network mount or a "
+                "pathological file). Find bad files with `giant data validate MANIFEST`, or "
+                f"raise {setting} (0 = wait forever).") from None
+        yield batch
+
+
+class TimeoutNamingDataLoader(DataLoader):
+    """A DataLoader whose iterators raise DataError (naming data.loader_timeout_s) instead of
+    DataLoader's bare RuntimeError when a worker exceeds `timeout`."""
+
+    def __iter__(self) -> Iterator:
+        return iterate_with_timeout_errors(super().__iter__(), self.timeout)
+
+
 def make_loader(dataset, sampler: Optional[Sampler], batch_size: int, num_workers: int,
                 collate_fn, pin_memory: bool = False, prefetch_factor: int = 2,
                 timeout: float = 0) -> DataLoader:
     """A DataLoader with the settings the datasets rely on: workers are re-created each epoch
-    (not persistent) so they see `dataset.set_epoch`, one torch thread per worker."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,
-                      persistent_workers=False, worker_init_fn=_worker_init,
-                      prefetch_factor=prefetch_factor if num_workers > 0 else None,
-                      timeout=timeout if num_workers > 0 else 0)
+    (not persistent) so they see `dataset.set_epoch`, one torch thread per worker.
+
+    `timeout`: seconds a worker may take for one batch (pass `cfg.data.loader_timeout_s`);
+    0 = wait forever. Past it, iterating raises DataError naming data.loader_timeout_s. With
+    num_workers=0 batches are built in this process and no timeout applies."""
+    if timeout < 0:
+        raise DataError(f"{TIMEOUT_SETTING}={timeout:g}: use seconds > 0, or 0 to wait forever")
+    return TimeoutNamingDataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False, persistent_workers=False,
+        worker_init_fn=_worker_init, prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        timeout=timeout if num_workers > 0 else 0)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -82,3 +82,47 @@ def test_bench_profile(synth_videos, capsys):
                  "--size", "32", "--videos", "4", "--no-masks"]) == 0
     out = capsys.readouterr().out
     assert '"ms_per_video"' in out and '"frame_size": "64x64"' in out and "videos/s per core" in out
+
+
+def test_validate_sources_yaml_checks_every_listed_clip_once(synth_videos, tmp_path, monkeypatch,
+                                                             capsys):
+    import yaml
+
+    import giant.data.cli as cli
+
+    checked = []
+    real = cli.check_entry
+    monkeypatch.setattr(cli, "check_entry", lambda e, *a: checked.append(e.path) or real(e, *a))
+    good = [str(p) for p in synth_videos.videos[:2]]
+    (tmp_path / "a.csv").write_text("path\n" + "".join(f"{p}\n" for p in good))
+    (tmp_path / "b.csv").write_text("path\n" + "".join(f"gone{i}.mp4\n" for i in range(4)))
+    (tmp_path / "c.csv").write_text(f"path\n{good[0]}\n")  # listed again by another source
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump({"sources": [
+        {"name": "A", "manifest": "a.csv", "weight": 3.0},    # an epoch would check 6
+        {"name": "B", "manifest": "b.csv", "weight": 0.25},   # ...and only 1 of these 4
+        {"name": "C", "manifest": "c.csv"}]}))
+    assert main(["validate", str(tmp_path / "mix.yaml"), "--workers", "1", "--num-frames", "8"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(checked) == sorted(good + [str(tmp_path / f"gone{i}.mp4") for i in range(4)])
+    assert sorted(line.split(":")[0] for line in captured.out.splitlines()) == [
+        str(tmp_path / f"gone{i}.mp4") for i in range(4)]
+    assert "4 of 7 entries are bad (6 distinct clips checked)" in captured.err
+
+
+def test_validate_reports_unexpected_errors_per_entry(synth_videos, tmp_path, monkeypatch, capsys):
+    import giant.data.cli as cli
+
+    odd = str(synth_videos.videos[1])
+    real = cli.check_entry
+
+    def flaky(entry, *args):
+        if entry.path == odd:
+            raise ValueError("codec table exploded")
+        return real(entry, *args)
+
+    monkeypatch.setattr(cli, "check_entry", flaky)
+    (tmp_path / "m.csv").write_text(f"path\n{synth_videos.videos[0]}\n{odd}\n{synth_videos.videos[2]}\n")
+    assert main(["validate", str(tmp_path / "m.csv"), "--workers", "1", "--num-frames", "8"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{odd}: ValueError: codec table exploded  [{tmp_path / 'm.csv'}:3]"]
+    assert "1 of 3 entries are bad" in captured.err

@@ -101,6 +101,8 @@ def test_sources_yaml_stride_and_weight(tmp_path):
     assert all(e.path.startswith("/vids/") for e in entries if e.source == "B")
     assert read_sources(y, seed=3) == entries  # the subset is fixed by the seed
     assert load_entries(y, seed=3) == entries
+    listed = read_sources(y, weighted=False)  # validation: every listed video once, no weights
+    assert summarize(listed) == {"A": 10, "B": 4} and load_entries(y, weighted=False) == listed
 
 
 @pytest.mark.parametrize("doc, message", [

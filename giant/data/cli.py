@@ -54,30 +54,43 @@ def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: i
     return None
 
 
-def _check_one(job):
+def _check_one(job) -> str | None:
     entry, backend, num_frames, stride, min_frames = job
-    return check_entry(entry, backend, num_frames, stride, min_frames)
+    try:
+        return check_entry(entry, backend, num_frames, stride, min_frames)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not abort the whole pool.map
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _validate(args) -> int:
     from giant.data.manifest import load_entries
 
-    entries = load_entries(args.manifest, args.root, args.list_format)
+    # every listed video, without a sources YAML's weights (a weighted epoch would check a
+    # seeded subset, or the same file several times)
+    entries = load_entries(args.manifest, args.root, args.list_format, weighted=False)
     min_frames = args.min_frames if args.min_frames is not None else args.num_frames
-    jobs = [(e, args.backend, args.num_frames, e.sampling_rate or args.sampling_rate, min_frames)
-            for e in entries]
+    slot: dict = {}  # (path, start, end) → job index: each clip is decoded once
+    jobs = []
+    for e in entries:
+        if (e.path, e.start, e.end) not in slot:
+            slot[(e.path, e.start, e.end)] = len(jobs)
+            jobs.append((e, args.backend, args.num_frames, e.sampling_rate or args.sampling_rate,
+                         min_frames))
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             reasons = list(pool.map(_check_one, jobs, chunksize=8))
     else:
         reasons = [_check_one(j) for j in jobs]
-    bad = [(e, r) for e, r in zip(entries, reasons) if r is not None]
+    # a bad clip is reported on every line that lists it: each one needs fixing
+    bad = [(e, reasons[slot[(e.path, e.start, e.end)]]) for e in entries]
+    bad = [(e, r) for e, r in bad if r is not None]
     for entry, reason in bad:
         out(f"{entry.path}: {reason}  [{entry.where}]")
+    checked = f"{len(jobs)} distinct clips checked"
     if bad:
-        out(f"validate: {len(bad)} of {len(entries)} entries are bad", err=True)
+        out(f"validate: {len(bad)} of {len(entries)} entries are bad ({checked})", err=True)
         return 1
-    out(f"validate: all {len(entries)} entries OK ({args.manifest})", err=True)
+    out(f"validate: all {len(entries)} entries OK ({checked}; {args.manifest})", err=True)
     return 0
 
 
@@ -150,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--codec", default=None, help="libx264 | mpeg4 (default: libx264 if built)")
     s.set_defaults(func=_synth)
 
-    v = sub.add_parser("validate", help="check every manifest entry; list bad lines, exit 1")
+    v = sub.add_parser("validate", help="check every manifest entry (a sources YAML: every "
+                       "listed video once, weights ignored); list bad lines, exit 1")
     v.add_argument("manifest")
     v.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
     v.add_argument("--backend", default="decord", choices=["decord", "pyav", "frames"])

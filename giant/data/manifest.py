@@ -201,8 +201,10 @@ def _apply_weight(entries: list[VideoEntry], weight: float, rng: np.random.Gener
     return entries * copies + [entries[i] for i in picked]
 
 
-def read_sources(path: str | Path, root: str = "", seed: int = 0) -> list[VideoEntry]:
-    """Mix the manifests of a sources YAML; each entry carries its source name and stride."""
+def read_sources(path: str | Path, root: str = "", seed: int = 0,
+                 weighted: bool = True) -> list[VideoEntry]:
+    """Mix the manifests of a sources YAML; each entry carries its source name and stride.
+    weighted=False: every listed video exactly once, weights ignored (for validation)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"sources file {path} does not exist; fix data.manifest")
@@ -227,7 +229,7 @@ def read_sources(path: str | Path, root: str = "", seed: int = 0) -> list[VideoE
         entries = [replace(e, source=name, sampling_rate=spec.get("sampling_rate"))
                    for e in entries]
         rng = np.random.default_rng([seed, i])
-        chosen = _apply_weight(entries, float(spec.get("weight", 1.0)), rng)
+        chosen = _apply_weight(entries, float(spec.get("weight", 1.0)), rng) if weighted else entries
         log.info("source %s: %d videos listed, %d per epoch (weight %s, stride %s)", name,
                  len(entries), len(chosen), spec.get("weight", 1.0), spec.get("sampling_rate"))
         mixed.extend(chosen)
@@ -235,12 +237,13 @@ def read_sources(path: str | Path, root: str = "", seed: int = 0) -> list[VideoE
 
 
 def load_entries(path: str | Path, root: str = "", list_format: str = "auto",
-                 seed: int = 0) -> list[VideoEntry]:
-    """Any manifest kind: .yaml/.yml = sources list, anything else = CSV / official list."""
+                 seed: int = 0, weighted: bool = True) -> list[VideoEntry]:
+    """Any manifest kind: .yaml/.yml = sources list, anything else = CSV / official list.
+    weighted=False reads a sources list without its weights (each listed video once)."""
     if not str(path):
         raise DataError("no manifest given; set data.manifest (or data.val_manifest)")
     if Path(path).suffix.lower() in (".yaml", ".yml"):
-        return read_sources(path, root, seed)
+        return read_sources(path, root, seed, weighted)
     return read_manifest(path, root, list_format)
 
 

@@ -126,3 +126,19 @@ def test_validate_reports_unexpected_errors_per_entry(synth_videos, tmp_path, mo
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [f"{odd}: ValueError: codec table exploded  [{tmp_path / 'm.csv'}:3]"]
     assert "1 of 3 entries are bad" in captured.err
+
+
+def test_bench_mask_grid_follows_patch(synth_videos, capsys):
+    import json
+
+    common = ["bench", str(synth_videos.train_manifest), "--workers", "0", "--batch-size", "1",
+              "--num-sample", "1", "--num-frames", "8", "--size", "32", "--videos", "2"]
+    grids = {}
+    for patch in ("16", "8"):
+        assert main(common + ["--patch", patch]) == 0
+        result = json.loads(capsys.readouterr().out.rsplit("\n", 2)[0])  # JSON, then a summary
+        assert result["masks"]
+        grids[patch] = result["token_grid"]
+    assert grids == {"16": [4, 2, 2], "8": [4, 4, 4]}
+    assert main(common + ["--patch", "14"]) == 2  # 32 is not a multiple of 14
+    assert "does not split into 2x14x14 cubes" in capsys.readouterr().err

@@ -19,18 +19,27 @@ from giant.data.loader import (ResumableDistributedSampler, collate_pretrain, ma
 from giant.data.manifest import load_entries
 from giant.data.sampling import dense_indices
 from giant.data.transforms import crop_resize, frames_to_tensor, multi_scale_crop_box, stack_cthw
+from giant.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
 def _mask_fn(num_frames: int, size: int, patch: int = 16, tubelet: int = 2):
-    """The stage's default masks (tube 0.9 + running cell 0.5), imported lazily so the data
-    package itself never depends on the masking/model code; None if unavailable."""
+    """The stage's default masks (tube 0.9 + running cell 0.5) on the token grid of a model
+    with this patch (ViT-g: 14) and tubelet, as `giant.masking.token_grid` computes it for the
+    pre-training stage. Imported lazily so the data package never imports model code at import
+    time; None if unavailable."""
+    if patch < 1 or tubelet < 1 or size % patch or num_frames % tubelet:
+        raise DataError(f"clip {num_frames}x{size}x{size} does not split into {tubelet}x{patch}x"
+                        f"{patch} cubes; pick --size a multiple of --patch and --num-frames a "
+                        "multiple of the tubelet")
     try:
-        from giant.config import MaskConfig
-        from giant.masking import MaskGenerator
+        from giant.config import MaskConfig, ModelConfig
+        from giant.masking import MaskGenerator, token_grid
 
-        return MaskGenerator(MaskConfig(), (num_frames // tubelet, size // patch, size // patch))
+        grid = token_grid(ModelConfig(num_frames=num_frames, img_size=size, patch_size=patch,
+                                      tubelet_size=tubelet))
+        return MaskGenerator(MaskConfig(), grid)
     except Exception as exc:  # noqa: BLE001 - a benchmark must still run without masks
         log.warning("benchmarking without masks (%s)", exc)
         return None
@@ -39,10 +48,11 @@ def _mask_fn(num_frames: int, size: int, patch: int = 16, tubelet: int = 2):
 def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: int = 2,
               batch_size: int = 4, num_sample: int = 4, num_frames: int = 16,
               sampling_rate: int = 4, size: int = 224, num_videos: int = 200,
-              masks: bool = True, seed: int = 0) -> dict:
-    """Run the loader until `num_videos` videos were timed; return the rates."""
+              masks: bool = True, seed: int = 0, patch: int = 16, tubelet: int = 2) -> dict:
+    """Run the loader until `num_videos` videos were timed; return the rates. Masks are drawn
+    on the token grid of a model with `patch` × `tubelet` cubes (ViT-g: patch 14)."""
     entries = load_entries(manifest, root, "pretrain", seed)
-    mask_fn = _mask_fn(num_frames, size) if masks else None
+    mask_fn = _mask_fn(num_frames, size, patch, tubelet) if masks else None
     dataset = PretrainClips(entries, num_frames, size, sampling_rate, num_sample, mask_fn,
                             backend, seed)
     sampler = ResumableDistributedSampler(len(dataset), seed=seed)
@@ -71,17 +81,23 @@ def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: i
             "failed": failed, "seconds": round(elapsed, 3),
             "videos_per_s": round(videos / elapsed, 2), "clips_per_s": round(clips / elapsed, 2),
             "videos_per_s_per_worker": round(videos / elapsed / max(workers, 1), 2),
-            "masks": mask_fn is not None, "clip": f"{num_frames}x{size}x{size}",
-            "sampling_rate": sampling_rate, "num_sample": num_sample}
+            "masks": mask_fn is not None, "token_grid": _grid(mask_fn),
+            "clip": f"{num_frames}x{size}x{size}", "sampling_rate": sampling_rate,
+            "num_sample": num_sample}
+
+
+def _grid(mask_fn) -> list | None:
+    return list(mask_fn.grid) if mask_fn is not None else None
 
 
 def profile_stages(manifest: str, root: str = "", backend: str = "decord", num_sample: int = 4,
                    num_frames: int = 16, sampling_rate: int = 4, size: int = 224,
-                   num_videos: int = 60, masks: bool = True, seed: int = 0) -> dict:
+                   num_videos: int = 60, masks: bool = True, seed: int = 0, patch: int = 16,
+                   tubelet: int = 2) -> dict:
     """Single-core cost of each stage of one pre-training item, in this process (no workers,
     one torch thread): the per-core rate a loader worker can reach at best."""
     entries = load_entries(manifest, root, "pretrain", seed)
-    mask_fn = _mask_fn(num_frames, size) if masks else None
+    mask_fn = _mask_fn(num_frames, size, patch, tubelet) if masks else None
     rng = np.random.default_rng(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -113,5 +129,6 @@ def profile_stages(manifest: str, root: str = "", backend: str = "decord", num_s
     total = sum(cost.values()) / num_videos
     return {"backend": backend, "videos": num_videos, "ms_per_video": per_video,
             "videos_per_s_per_core": round(1 / total, 2), "masks": mask_fn is not None,
-            "frame_size": f"{w}x{h}", "clip": f"{num_frames}x{size}x{size}",
-            "sampling_rate": sampling_rate, "num_sample": num_sample}
+            "token_grid": _grid(mask_fn), "frame_size": f"{w}x{h}",
+            "clip": f"{num_frames}x{size}x{size}", "sampling_rate": sampling_rate,
+            "num_sample": num_sample}

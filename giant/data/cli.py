@@ -127,7 +127,8 @@ def _bench(args) -> int:
         result = profile_stages(args.manifest, root=args.root, backend=args.backend,
                                 num_sample=args.num_sample, num_frames=args.num_frames,
                                 sampling_rate=args.sampling_rate, size=args.size,
-                                num_videos=args.videos, masks=not args.no_masks)
+                                num_videos=args.videos, masks=not args.no_masks,
+                                patch=args.patch, tubelet=args.tubelet)
         out(json.dumps(result, indent=1))
         rate = result["videos_per_s_per_core"]
         out(f"{result['backend']}: {rate:.1f} videos/s per core (single process) → "
@@ -136,7 +137,8 @@ def _bench(args) -> int:
     result = run_bench(args.manifest, root=args.root, backend=args.backend, workers=args.workers,
                        batch_size=args.batch_size, num_sample=args.num_sample,
                        num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-                       size=args.size, num_videos=args.videos, masks=not args.no_masks)
+                       size=args.size, num_videos=args.videos, masks=not args.no_masks,
+                       patch=args.patch, tubelet=args.tubelet)
     out(json.dumps(result, indent=1))
     rate = result["videos_per_s_per_worker"]
     out(f"{result['backend']}, {args.workers} worker(s): {result['videos_per_s']:.1f} videos/s, "
@@ -209,6 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sampling-rate", type=int, default=4)
     b.add_argument("--size", type=int, default=224)
     b.add_argument("--videos", type=int, default=200, help="videos to time (after warm-up)")
+    b.add_argument("--patch", type=int, default=16,
+                   help="model patch size for the mask token grid (ViT-g: 14)")
+    b.add_argument("--tubelet", type=int, default=2, help="model tubelet size (frames per token)")
     b.add_argument("--no-masks", action="store_true", help="skip mask generation")
     b.add_argument("--profile", action="store_true",
                    help="per-stage single-core cost in this process instead of the loader")

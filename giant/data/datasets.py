@@ -161,8 +161,9 @@ class PretrainClips(VideoDataset):
         frames = self._read(entry, lambda s, e: dense_indices(s, e, self.num_frames, stride, rng))
         video = frames_to_tensor(frames)
         h, w = video.shape[-2:]
-        clips = [crop_resize(video, multi_scale_crop_box(h, w, self.size, rng, self.scales), self.size)
+        boxes = [multi_scale_crop_box(h, w, self.size, rng, self.scales)
                  for _ in range(self.num_sample)]
+        clips = [crop_resize(video, box, self.size) for box in boxes]
         sample = {"video": stack_cthw(clips)}
         if self.mask_fn is not None:
             enc, dec = [], []

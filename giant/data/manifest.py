@@ -229,7 +229,8 @@ def read_sources(path: str | Path, root: str = "", seed: int = 0,
         entries = [replace(e, source=name, sampling_rate=spec.get("sampling_rate"))
                    for e in entries]
         rng = np.random.default_rng([seed, i])
-        chosen = _apply_weight(entries, float(spec.get("weight", 1.0)), rng) if weighted else entries
+        weight = float(spec.get("weight", 1.0))
+        chosen = _apply_weight(entries, weight, rng) if weighted else entries
         log.info("source %s: %d videos listed, %d per epoch (weight %s, stride %s)", name,
                  len(entries), len(chosen), spec.get("weight", 1.0), spec.get("sampling_rate"))
         mixed.extend(chosen)

@@ -56,8 +56,11 @@ def _data(cfg: RunConfig, model_cfg: Any, rank: int, world: int) -> tuple[EpochB
     dataset = PretrainClips.from_config(dataclasses.replace(cfg, model=model_cfg), "train", mask_fn)
     sampler = ResumableDistributedSampler(len(dataset), rank, world, seed=cfg.stage.seed,
                                           shuffle=True, drop_last=len(dataset) >= world)
+    # a decode stuck in C code raises DataError after data.loader_timeout_s; the launcher
+    # (torchrun / srun --kill-on-bad-exit) then ends the peers instead of leaving them waiting
     loader = make_loader(dataset, sampler, cfg.optim.batch_size, cfg.data.num_workers,
-                         collate_pretrain, pin_memory=torch.cuda.is_available())
+                         collate_pretrain, pin_memory=torch.cuda.is_available(),
+                         timeout=cfg.data.loader_timeout_s)
     return (EpochBatches(loader, on_epoch=set_loader_epoch, full_batch=cfg.optim.batch_size),
             FailureTracker.from_config(cfg))
 

@@ -13,12 +13,9 @@ import numpy as np
 import torch
 
 from giant.data.datasets import PretrainClips
-from giant.data.decode import frame_range, open_video
 from giant.data.loader import (ResumableDistributedSampler, collate_pretrain, make_loader,
                                set_loader_epoch)
 from giant.data.manifest import load_entries
-from giant.data.sampling import dense_indices
-from giant.data.transforms import crop_resize, frames_to_tensor, multi_scale_crop_box, stack_cthw
 from giant.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -98,33 +95,28 @@ def profile_stages(manifest: str, root: str = "", backend: str = "decord", num_s
     one torch thread): the per-core rate a loader worker can reach at best."""
     entries = load_entries(manifest, root, "pretrain", seed)
     mask_fn = _mask_fn(num_frames, size, patch, tubelet) if masks else None
+    dataset = PretrainClips(entries, num_frames, size, sampling_rate, num_sample, mask_fn,
+                            backend, seed)
     rng = np.random.default_rng(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cost = {"decode": 0.0, "crop_resize": 0.0, "masks": 0.0}
     try:
         for n in range(num_videos):
-            entry = entries[n % len(entries)]
             t0 = time.perf_counter()
-            with open_video(entry.path, backend) as reader:
-                start, end = frame_range(reader.num_frames, entry.start, entry.end)
-                stride = entry.sampling_rate or sampling_rate
-                frames = reader.get_frames(dense_indices(start, end, num_frames, stride, rng))
+            video = dataset.decode(entries[n % len(entries)], rng)
             t1 = time.perf_counter()
-            video = frames_to_tensor(frames)
-            h, w = video.shape[-2:]
-            stack_cthw([crop_resize(video, multi_scale_crop_box(h, w, size, rng), size)
-                        for _ in range(num_sample)])
+            dataset.crops(video, rng)
             t2 = time.perf_counter()
             if mask_fn is not None:
-                for r in range(num_sample):
-                    mask_fn(torch.Generator().manual_seed(r))
+                dataset.masks(n)
             t3 = time.perf_counter()
             cost["decode"] += t1 - t0
             cost["crop_resize"] += t2 - t1
             cost["masks"] += t3 - t2
     finally:
         torch.set_num_threads(threads)
+    h, w = video.shape[-2:]
     per_video = {k: round(1e3 * v / num_videos, 2) for k, v in cost.items()}
     total = sum(cost.values()) / num_videos
     return {"backend": backend, "videos": num_videos, "ms_per_video": per_video,

@@ -17,9 +17,8 @@ import torch
 
 from giant.config import load_config, to_dict
 from giant.engine.checkpoint import CheckpointManager, export_weights, load_weights
-from giant.engine.deepspeed import apply_activation_checkpointing, build_engine, init_distributed
+from giant.engine.deepspeed import build_engine, init_distributed
 from giant.engine.loop import LoopHooks, train_loop
-from giant.engine.precision import apply_precision
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
 
@@ -58,8 +57,6 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     rank, _, _, device = init_distributed(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, "pretrain")
-    apply_precision(model, cfg.precision.encoder, "cpu")
-    apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
     engine, info = build_engine(model, cfg, device)
     init = full_params(engine)
     rows = []
@@ -138,7 +135,6 @@ def precision(res: dict) -> None:
     rank, _, _, device = init_distributed(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model, "pretrain")
-    apply_precision(model, "bf16", "cpu")
     engine, _ = build_engine(model, cfg, device)
     m = engine.module
     for key, mod in {"enc_fc1": m.encoder.blocks[0].mlp.fc1, "enc_attn_proj": m.encoder.blocks[0].attn.proj,

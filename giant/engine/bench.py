@@ -18,10 +18,8 @@ import torch
 from giant.cli import out
 from giant.config import load_config
 from giant.data.transforms import normalize_on_device
-from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
-                                    init_distributed)
+from giant.engine.deepspeed import build_engine, init_distributed
 from giant.engine.metrics import Throughput, memory_stats
-from giant.engine.precision import apply_precision
 from giant.flops import train_flops_per_clip
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
@@ -75,8 +73,6 @@ def run(args: argparse.Namespace) -> dict:
     rank, world, _, device = init_distributed(cfg)
     torch.manual_seed(cfg.stage.seed + rank)
     model = build_model(cfg.model, "pretrain")
-    apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
-    apply_precision(model, cfg.precision.encoder, device.type)
     engine, info = build_engine(model, cfg, device)
     mcfg = cfg.model.resolved()
     g = torch.Generator().manual_seed(rank)

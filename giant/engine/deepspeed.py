@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from giant.config import OptimConfig, RunConfig
-from giant.engine.precision import LossScaleConfig, LossScaler, build_loss_scaler
+from giant.engine.precision import LossScaleConfig, LossScaler, apply_precision, build_loss_scaler
 from giant.engine.schedule import peak_lr
 from giant.errors import ConfigError
 
@@ -233,6 +233,8 @@ def set_lr_wd(optimizer: Any, lr: float, wd: float) -> None:
 
 # ----------------------------------------------------------------------------- activation ckpt
 def _checkpoint_forward(module: nn.Module) -> None:
+    if getattr(module, "_giant_checkpointed", False):  # wrapping twice would recompute twice
+        return
     inner = module.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -241,6 +243,7 @@ def _checkpoint_forward(module: nn.Module) -> None:
         return checkpoint(inner, *args, use_reentrant=False, **kwargs)
 
     module.forward = forward  # instance attribute: state_dict keys and class unchanged
+    module._giant_checkpointed = True
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
@@ -291,7 +294,9 @@ def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.devic
 
 def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
                  run_dir: Optional[Path] = None, rank: int = 0) -> tuple[Any, EngineInfo]:
-    """Merge configs, build param groups + AdamW, deepspeed.initialize. Writes ds_config.json."""
+    """Apply the precision policy and activation checkpointing to `model`, merge configs, build
+    param groups + AdamW, deepspeed.initialize. Writes ds_config.json. One place for this
+    sequence, so training, `giant bench` and the tests run the very same engine."""
     import deepspeed
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -305,6 +310,8 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     if offload and device.type == "cuda":
         ds.pop("zero_force_ds_cpu_optimizer", None)
+    apply_precision(model, cfg.precision.encoder, device.type)
+    apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
     model.to(device)
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     optimizer = _build_optimizer(groups, optim, device, offload)

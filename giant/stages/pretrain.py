@@ -19,10 +19,8 @@ import torch
 
 from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, export_weights, load_weights
-from giant.engine.deepspeed import (apply_activation_checkpointing, build_engine,
-                                    check_ds_config, init_distributed)
+from giant.engine.deepspeed import build_engine, check_ds_config, init_distributed
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
-from giant.engine.precision import apply_precision
 from giant.errors import CheckpointError, ConfigError, GiantError
 
 log = logging.getLogger(__name__)
@@ -212,8 +210,6 @@ def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     run_dir = Path(cfg.stage.run_dir)
     model_cfg = cfg.model.resolved()
     model = _model(cfg, model_cfg)
-    apply_precision(model, cfg.precision.encoder, device.type)
-    apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
     engine, info = build_engine(model, cfg, device, run_dir, rank)
     resolved = dataclasses.replace(cfg, model=model_cfg, optim=info.optim)
     if rank == 0:

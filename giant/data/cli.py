@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from giant.cli import out
+from giant.data import kinetics710
 from giant.errors import GiantError
 
 
@@ -192,12 +193,11 @@ def _parser() -> argparse.ArgumentParser:
         km.add_argument(f"--{name}", nargs="+", help=f"{name.upper()} annotation CSV(s)")
     km.add_argument("--labels", required=True, help="K710 label map (row = label index)")
     km.add_argument("--out-dir", required=True)
-    km.add_argument("--template", default="{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4")
+    km.add_argument("--template", default=kinetics710.DEFAULT_TEMPLATE)
     km.add_argument("--video-root", default=None)
     km.add_argument("--require-exists", action="store_true", help="leave out missing files")
     for kp in (kl, kr, km):
-        kp.add_argument("--renames", default=str(Path(__file__).resolve().parents[2] /
-                                                 "datasets_manifest" / "k710_identical_label_merge.json"))
+        kp.add_argument("--renames", default=str(kinetics710.DEFAULT_RENAMES))
     k.set_defaults(func=_k710)
 
     b = sub.add_parser("bench", help="pre-training loader throughput (videos/s, clips/s)")

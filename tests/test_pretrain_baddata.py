@@ -4,6 +4,8 @@ waiting in a collective)."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
 from _launch import REPO, tail, torchrun
@@ -41,5 +43,8 @@ def test_bad_videos_are_skipped_and_counted_or_stop_all_ranks(synth_videos, corr
     assert strict.returncode != 0, tail(strict)
     assert "video reads failed" in log and "data.max_fail_fraction=0" in log
     assert log.count("video reads failed") == 2  # both ranks stop at the same step, exit 2
-    assert log.count("exitcode  : 2") == 2
+    # torchrun ends the peer once the first rank exits, so the peer may report exit 2 or the
+    # agent's SIGTERM/SIGKILL depending on timing; nobody may fail any other way
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", log)]
+    assert 2 in codes and set(codes) <= {2, -signal.SIGTERM, -signal.SIGKILL}, codes
     assert f'File "{REPO / "giant"}' not in log  # a clear line, not a stack dump from giant

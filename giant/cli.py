@@ -10,10 +10,12 @@ import sys
 
 from giant.errors import GiantError
 
-# command → (module with main(argv) -> int, one-line help)
+# command → ("module" with main(argv) -> int, or "module:function"; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("giant.stages.pretrain", "masked-autoencoder pre-training (run under deepspeed/torchrun)"),
     "export": ("giant.engine.checkpoint", "consolidate a DeepSpeed checkpoint into weights.safetensors + model.json"),
+    "reshard": ("giant.engine.checkpoint:reshard_main",
+                "universal copy of a ZeRO checkpoint, to resume on a different number of ranks"),
     "data": ("giant.data.cli", "synth | validate | k710 | bench: datasets and manifests"),
     "flops": ("giant.flops", "parameters, forward MACs and training FLOPs for a model config"),
     "bench": ("giant.engine.bench", "training-step throughput, TFLOP/s, MFU and peak memory"),
@@ -44,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"giant: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[name][0])
+    mod_name, _, func = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(mod_name), func or "main")
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except GiantError as exc:
         print(f"giant {name}: error: {exc}", file=sys.stderr)
         return 2

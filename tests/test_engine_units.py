@@ -268,13 +268,16 @@ def test_latest_skips_incomplete_and_partial_saves(tmp_path):
         mgr.find(str(tmp_path / "elsewhere"))
 
 
-def test_wrong_model_or_world_size_is_a_checkpoint_error():
-    meta = {"model": {"name": "tiny", "depth": 2}, "world_size": 2, "zero_stage": 2, "kind": "pretrain"}
+def test_wrong_model_is_a_checkpoint_error_another_world_size_is_not(caplog):
+    meta = {"model": {"name": "tiny", "depth": 2}, "world_size": 2, "zero_stage": 2, "kind": "pretrain",
+            "global_batch_clips": 64}
     ck.check_compatible(meta, dict(meta), Path("c"))
     with pytest.raises(CheckpointError, match="model.depth: checkpoint 2 vs recipe 4"):
         ck.check_compatible(meta, {**meta, "model": {"name": "tiny", "depth": 4}}, Path("c"))
-    with pytest.raises(CheckpointError, match="written by 2 ranks"):
-        ck.check_compatible(meta, {**meta, "world_size": 4}, Path("c"))
+    ck.check_compatible(meta, {**meta, "world_size": 4}, Path("c"))  # re-sharded (test_pretrain_reshard)
+    assert "global batch" not in caplog.text
+    ck.check_compatible(meta, {**meta, "world_size": 4, "global_batch_clips": 128}, Path("c"))
+    assert "global batch of 64 clips, this run has 128" in caplog.text and "optim.accum_steps" in caplog.text
     with pytest.raises(CheckpointError, match="unreadable"):
         ck.read_meta(Path("/nonexistent"))
 

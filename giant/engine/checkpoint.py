@@ -20,6 +20,12 @@ DeepSpeed writes client_state from data-parallel rank 0 only and RNG streams dif
 
 Export uses DeepSpeed's zero_to_fp32 (any ZeRO stage, ZeRO-3 included) and needs neither the
 training world size nor a GPU: `giant export RUN_DIR`.
+
+Resuming ZeRO shards on a different number of ranks (a requeue that got fewer or more nodes)
+goes through DeepSpeed's universal checkpoint: rank 0 converts `step_N/` once into
+`step_N/universal/` (ds_to_universal; parameters and Adam moments per parameter, independent of
+the world size), and the engine is built with `checkpoint.load_universal` to load it. Every save
+carries the `universal_checkpoint_info` DeepSpeed's converter asks for.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 
 META = "giant_meta.json"
 LATEST = "latest"
+UNIVERSAL = "universal"  # sub-directory of a step_* checkpoint: its world-size-free copy
 TAG_RE = re.compile(r"^step_(\d{8,})$")
 WEIGHTS, MODEL_JSON = "weights.safetensors", "model.json"
 FORMAT = "giant-weights-v1"
@@ -143,6 +150,7 @@ class CheckpointManager:
             if tmp.exists():  # leftover of a crashed save
                 shutil.rmtree(tmp)
         _barrier()
+        client_state = {**client_state, **universal_info()}
         engine.save_checkpoint(str(self.root), tag=tmp.name, client_state=client_state, save_latest=False)
         torch.save(rng_state(), tmp / f"rng_rank{rank:05d}.pt")
         _barrier()
@@ -189,28 +197,47 @@ class CheckpointManager:
                               f"run dir, its checkpoints/ dir or a step_* dir containing {META})")
 
     def load(self, engine: Any, root: Path, tag: str, expect: dict) -> dict:
-        """Restore engine + this rank's RNG; check the checkpoint fits `expect`. → client_state."""
+        """Restore engine + this rank's RNG; check the checkpoint fits `expect`. → client_state.
+
+        A checkpoint from another world size loads its universal copy (see `needs_reshard`);
+        the engine must then have been built with load_universal (build_engine does that)."""
         meta = read_meta(root / tag)
         check_compatible(meta, expect, root / tag)
+        load_dir, load_tag = root, tag
+        if needs_reshard(meta, expect):
+            check_reshardable(meta, expect, root / tag)
+            if not getattr(engine, "load_universal_checkpoint", lambda: False)():
+                raise CheckpointError(f"{root / tag} was written by {meta.get('world_size')} ranks with "
+                                      f"ZeRO-{meta.get('zero_stage')}: build the engine with "
+                                      "load_universal=True after prepare_universal()")
+            load_dir, load_tag = root / tag, UNIVERSAL
         try:
-            path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True,
+            path, client = engine.load_checkpoint(str(load_dir), tag=load_tag, load_module_strict=True,
                                                   load_optimizer_states=True,
                                                   load_lr_scheduler_states=False)
-        except (RuntimeError, KeyError, ValueError, FileNotFoundError) as exc:
+        except (RuntimeError, KeyError, ValueError, FileNotFoundError, AssertionError) as exc:
             raise CheckpointError(f"{root / tag}: cannot be loaded into this model/engine ({exc}); "
                                   "resume with the recipe that wrote it or set checkpoint.resume=never") from exc
         if path is None:
             raise CheckpointError(f"{root / tag}: DeepSpeed found no checkpoint files; delete it or "
                                   "set checkpoint.resume=never")
         rng_file = root / tag / f"rng_rank{_rank():05d}.pt"
-        if rng_file.is_file():
+        if rng_file.is_file() and not needs_reshard(meta, expect):
+            # on another world size rank r's stream would belong to different samples: keep
+            # the fresh per-rank seeds (data order and augmentation do not depend on them)
             set_rng_state(torch.load(rng_file, weights_only=False))
-        log.info("resumed from %s (step %d)", root / tag, meta["step"])
+        if needs_reshard(meta, expect):
+            log.info("resumed from %s (step %d): written by %d ranks with ZeRO-%d, re-sharded onto %d "
+                     "ranks with ZeRO-%d", root / tag, meta["step"], meta["world_size"],
+                     meta.get("zero_stage", 0), expect["world_size"], expect.get("zero_stage", 0))
+        else:
+            log.info("resumed from %s (step %d)", root / tag, meta["step"])
         return client
 
 
 def check_compatible(meta: dict, expect: dict, where: Path) -> None:
-    """Same model architecture and, for ZeRO shards, the same data-parallel world size."""
+    """Same model architecture and kind; a different global batch only warns (see needs_reshard
+    for world size and ZeRO stage)."""
     got, want = meta.get("model", {}), expect.get("model", {})
     diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     if diff:
@@ -220,11 +247,115 @@ def check_compatible(meta: dict, expect: dict, where: Path) -> None:
     if meta.get("kind") and expect.get("kind") and meta["kind"] != expect["kind"]:
         raise CheckpointError(f"{where} is a {meta['kind']} checkpoint, this run trains a {expect['kind']} "
                               "model; use checkpoint.init_from for weights from another stage")
-    if meta.get("world_size") != expect.get("world_size") and meta.get("zero_stage", 0) > 0:
+    got_batch, want_batch = meta.get("global_batch_clips"), expect.get("global_batch_clips")
+    if got_batch and want_batch and got_batch != want_batch:
+        log.warning("%s was trained with a global batch of %d clips, this run has %d: the lr scales "
+                    "with it and the data order shifts; set optim.accum_steps so that "
+                    "batch_size×num_sample×accum_steps×ranks stays %d to continue the same run",
+                    where, got_batch, want_batch, got_batch)
+
+
+def _family(stage: int) -> int:
+    """ZeRO-1 and -2 share DeepSpeed's optimizer-shard format; 0 and 3 each have their own."""
+    return {0: 0, 1: 1, 2: 1}.get(stage, 3)
+
+
+def needs_reshard(meta: dict, expect: dict) -> bool:
+    """ZeRO shards written by another world size or ZeRO stage load through a universal copy."""
+    got, want = meta.get("zero_stage", 0), expect.get("zero_stage", 0)
+    if got == 0 and want == 0:
+        return False  # one full copy, no shards
+    return meta.get("world_size") != expect.get("world_size") or got != want
+
+
+def check_reshardable(meta: dict, expect: dict, where: Path) -> None:
+    got, want = meta.get("zero_stage", 0), expect.get("zero_stage", 0)
+    if _family(got) != _family(want):
         raise CheckpointError(
-            f"{where} was written by {meta.get('world_size')} ranks (ZeRO-{meta.get('zero_stage')} "
-            f"shards), this run has {expect.get('world_size')}: relaunch with the same number of "
-            f"ranks, or `giant export` it and start a new run with checkpoint.init_from")
+            f"{where} holds ZeRO-{got} state, this run uses ZeRO-{want}: DeepSpeed cannot move optimizer "
+            f"state between these; resume with a ZeRO-{got} config (any number of ranks), or `giant export` "
+            "it and start a new run with checkpoint.init_from (weights only)")
+
+
+def universal_info() -> dict:
+    """The client-state entry DeepSpeed's ds_to_universal requires of ZeRO-1/2 checkpoints
+    (Megatron writes it; a plain model has no tensor-parallel slices to describe)."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+
+
+def convert_universal(root: Path, tag: str) -> Path:
+    """root/tag → root/tag/universal (once; temp dir + rename, so a crash mid-way is redone)."""
+    src, dst = root / tag, root / tag / UNIVERSAL
+    if (dst / "zero").is_dir():
+        return dst
+    tmp, failed = root / tag / f".tmp_{UNIVERSAL}", root / tag / f".failed_{UNIVERSAL}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    failed.unlink(missing_ok=True)
+    t0 = time.time()
+    log.info("%s: converting to a universal checkpoint (world-size and ZeRO-stage free)", src)
+    try:
+        _ds_to_universal(src, tmp)
+    except Exception as exc:  # its asserts and I/O errors: one line naming the checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = (f"{src}: converting to a universal checkpoint failed ({type(exc).__name__}: {exc}); "
+               "relaunch with the world size and ZeRO config that wrote it")
+        _fsync_write(failed, msg)
+        raise CheckpointError(msg) from exc
+    os.rename(tmp, dst)
+    log.info("%s written in %.1fs", dst, time.time() - t0)
+    return dst
+
+
+def prepare_universal(root: Path, tag: str, poll_s: float = 2.0, wait_s: float = 6 * 3600,
+                      rank: Optional[int] = None) -> Path:
+    """Collective. Rank 0 converts; the other ranks poll the shared filesystem instead of waiting
+    in a barrier, because converting a ViT-g checkpoint can outlast a process-group timeout."""
+    dst, failed = root / tag / UNIVERSAL, root / tag / f".failed_{UNIVERSAL}"
+    first = (_rank() if rank is None else rank) == 0
+    if first:  # a marker from an earlier failed attempt must not stop the peers this time
+        failed.unlink(missing_ok=True)
+    _barrier()
+    if first:
+        convert_universal(root, tag)
+    else:
+        deadline = time.time() + wait_s
+        while not (dst / "zero").is_dir():
+            if failed.is_file():
+                raise CheckpointError(failed.read_text())
+            if time.time() > deadline:
+                raise CheckpointError(f"{dst} did not appear within {wait_s:.0f}s; run `giant reshard "
+                                      f"{root / tag}` once, then relaunch")
+            time.sleep(poll_s)
+    _barrier()
+    return dst
+
+
+@contextlib.contextmanager
+def _patched_argv(argv: list[str]):
+    import sys
+
+    saved, sys.argv = sys.argv, argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _ds_to_universal(src: Path, out: Path) -> None:
+    from deepspeed.checkpoint import ds_to_universal
+
+    workers = max(1, min(4, (os.cpu_count() or 1) // 2))
+    argv = ["ds_to_universal", "--input_folder", str(src), "--output_folder", str(out),
+            "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2)),
+            "--inject_missing_state"]  # checkpoints saved before universal_info() existed
+    chatter = io.StringIO()  # it print()s stages and draws tqdm bars
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
+            _patched_argv(argv):  # its own parser: future options keep their defaults
+        ds_to_universal.main(ds_to_universal.parse_arguments())
+    log.debug("ds_to_universal: %s", chatter.getvalue().strip())
 
 
 # ----------------------------------------------------------------------------- export
@@ -312,4 +443,25 @@ def main(argv: Optional[list] = None) -> int:
     out = Path(args.out) if args.out else (root.parent if root.name == "checkpoints" else root)
     weights, model_json = export_weights(root, out, args.tag or tag)
     log.info("wrote %s and %s", weights, model_json)
+    return 0
+
+
+def reshard_main(argv: Optional[list] = None) -> int:
+    """`giant reshard PATH`: write the universal copy of a checkpoint ahead of a resume on a
+    different number of ranks (the resume does it itself otherwise, on rank 0, while the other
+    ranks wait). Runs on CPU, no process group; needs about the checkpoint's size again on disk."""
+    p = argparse.ArgumentParser(prog="giant reshard", description=reshard_main.__doc__)
+    p.add_argument("path", help="run dir, its checkpoints/ dir, or one step_* checkpoint dir")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest complete)")
+    args = p.parse_args(argv)
+    root, tag = _resolve_root(Path(args.path))
+    tag = args.tag or tag or latest_tag(root)
+    if not tag:
+        raise CheckpointError(f"{args.path}: no complete checkpoint to convert")
+    meta = read_meta(root / tag)
+    if meta.get("zero_stage", 0) == 0:
+        raise CheckpointError(f"{root / tag}: a ZeRO-0 checkpoint holds one full copy and resumes on any "
+                              "number of ranks as it is")
+    dst = convert_universal(root, tag)
+    log.info("wrote %s: resume with any number of ranks and a ZeRO-%d config", dst, meta["zero_stage"])
     return 0

@@ -268,9 +268,6 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
     return len(targets)
 
 
-# ----------------------------------------------------------------------------- ZeRO-3 outputs
-
-
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class EngineInfo:
@@ -293,10 +290,12 @@ def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.devic
 
 
 def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
-                 run_dir: Optional[Path] = None, rank: int = 0) -> tuple[Any, EngineInfo]:
+                 run_dir: Optional[Path] = None, rank: int = 0,
+                 load_universal: bool = False) -> tuple[Any, EngineInfo]:
     """Apply the precision policy and activation checkpointing to `model`, merge configs, build
     param groups + AdamW, deepspeed.initialize. Writes ds_config.json. One place for this
-    sequence, so training, `giant bench` and the tests run the very same engine."""
+    sequence, so training, `giant bench` and the tests run the very same engine.
+    load_universal: the run resumes a universal checkpoint (another world size / ZeRO stage)."""
     import deepspeed
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -319,6 +318,8 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "ds_config.json").write_text(json.dumps(ds, indent=2) + "\n")
     engine_cfg = {k: v for k, v in ds.items() if k != "giant"}
+    if load_universal:
+        engine_cfg["checkpoint"] = {**engine_cfg.get("checkpoint", {}), "load_universal": True}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=engine_cfg)
     info = EngineInfo(ds_config=ds, optim=optim, world_size=world, zero_stage=stage,
                       loss_scaler=build_loss_scaler(cfg.precision.encoder, scale_cfg),

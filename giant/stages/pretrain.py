@@ -18,8 +18,10 @@ from typing import Any, Optional
 import torch
 
 from giant.config import RunConfig, dump_config, load_config, to_dict
-from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, export_weights, load_weights
-from giant.engine.deepspeed import build_engine, check_ds_config, init_distributed
+from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
+                                     export_weights, load_weights, needs_reshard, prepare_universal,
+                                     read_meta)
+from giant.engine.deepspeed import build_engine, check_ds_config, init_distributed, zero_stage
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
 from giant.errors import CheckpointError, ConfigError, GiantError
 
@@ -115,9 +117,10 @@ def _step_fn(cfg: RunConfig, device: torch.device, tracker: Any):
     return step
 
 
-def _meta(cfg: RunConfig, model_cfg: Any, world: int, zero_stage: int) -> dict:
+def _meta(cfg: RunConfig, model_cfg: Any, world: int, zero_stage: int, global_batch: int) -> dict:
     model = to_dict(model_cfg)
     return {"kind": "pretrain", "stage": "pretrain", "world_size": world, "zero_stage": zero_stage,
+            "global_batch_clips": global_batch,
             "model": {k: model[k] for k in ARCH_KEYS if k in model}, "model_full": model,
             "mask": to_dict(cfg.mask), "config": to_dict(cfg)}
 
@@ -160,8 +163,25 @@ class _Observer:
             self.images.append(str(path))
 
 
-def _resume(cfg: RunConfig, ckpt: CheckpointManager, engine: Any, meta: dict, states: dict) -> int:
+def _plan_resume(cfg: RunConfig, ckpt: CheckpointManager, model_cfg: Any, world: int,
+                 ds: dict) -> tuple[Optional[tuple[Path, str]], bool]:
+    """Before the engine exists: which checkpoint to resume, and whether it must be re-sharded
+    (then it is converted now, so the engine can be built to load it)."""
     found = ckpt.find(cfg.checkpoint.resume)
+    if found is None:
+        return None, False
+    expect = _meta(cfg, model_cfg, world, zero_stage(ds), ds["train_batch_size"])
+    meta = read_meta(found[0] / found[1])
+    check_compatible(meta, expect, found[0] / found[1])  # a wrong model fails before converting
+    universal = needs_reshard(meta, expect)
+    if universal:
+        check_reshardable(meta, expect, found[0] / found[1])
+        prepare_universal(*found)
+    return found, universal
+
+
+def _resume(found: Optional[tuple[Path, str]], ckpt: CheckpointManager, engine: Any, meta: dict,
+            states: dict) -> int:
     if found is None:
         return 0
     client = ckpt.load(engine, found[0], found[1], meta)
@@ -209,18 +229,19 @@ def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     rank, world, _, device = init_distributed(cfg)
     run_dir = Path(cfg.stage.run_dir)
     model_cfg = cfg.model.resolved()
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    found, universal = _plan_resume(cfg, ckpt, model_cfg, world, check_ds_config(cfg, world))
     model = _model(cfg, model_cfg)
-    engine, info = build_engine(model, cfg, device, run_dir, rank)
+    engine, info = build_engine(model, cfg, device, run_dir, rank, load_universal=universal)
     resolved = dataclasses.replace(cfg, model=model_cfg, optim=info.optim)
     if rank == 0:
         dump_config(resolved, run_dir / "config.yaml")
     torch.manual_seed(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path)
     batches, local_tracker = _data(cfg, model_cfg, rank, world)
     tracker = _GlobalFailures(local_tracker, device, rank)
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
-    meta = _meta(resolved, model_cfg, world, info.zero_stage)
+    meta = _meta(resolved, model_cfg, world, info.zero_stage, info.global_batch_clips)
     states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": tracker}
-    start = _resume(cfg, ckpt, engine, meta, states)
+    start = _resume(found, ckpt, engine, meta, states)
 
     def save(step: int) -> str:
         client = {"step": step, "states": {k: v.state_dict() for k, v in states.items()},

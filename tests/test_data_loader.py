@@ -187,12 +187,13 @@ def test_loader_timeout_names_the_setting():
     from giant.config import DataConfig
 
     assert DataConfig().loader_timeout_s == 600.0
-    loader = make_loader(_SlowItems(1.0), None, 1, 1, lambda xs: xs, timeout=0.3)
+    # item 0 is instant but the worker must start first: 2 s leaves room on a loaded CI machine
+    loader = make_loader(_SlowItems(4.0), None, 1, 1, lambda xs: xs, timeout=2)
     it = iter(loader)
     assert next(it) == [0]
-    with pytest.raises(DataError, match=r"within 0.3 s \(data.loader_timeout_s=0.3\)"):
+    with pytest.raises(DataError, match=r"within 2 s \(data.loader_timeout_s=2\)"):
         next(it)
-    assert [b for b in make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=5)] == [[0], [1]]
+    assert [b for b in make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=60)] == [[0], [1]]
     with pytest.raises(DataError, match="data.loader_timeout_s=-1: use seconds > 0"):
         make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=-1)
 

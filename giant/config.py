@@ -148,7 +148,9 @@ class EngineConfig:
 
     ds_config: str = "ds_configs/zero2.json"
     activation_checkpointing: str = "off"  # off | all | first:N (first N encoder blocks)
-    compile: bool = False
+    compile: bool = False  # torch.compile each transformer block (encoder + decoder)
+    compile_backend: str = "inductor"  # any torch.compile backend (aot_eager to debug a failure)
+    compile_mode: str = ""  # "" = default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     dist_backend: str = ""  # "" = nccl on GPU, gloo on CPU
 
 

@@ -38,6 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
                    help="encoder precision (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--act-ckpt", default="off", help="off | all | first:N")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every block (engine.compile; the warmup steps absorb compilation)")
     p.add_argument("--mask-ratio", type=float, default=0.9)
     p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -56,6 +58,7 @@ def _config(args: argparse.Namespace):
         f"model.img_size={args.img_size}", f"optim.batch_size={args.batch}", "data.num_sample=1",
         "optim.accum_steps=1", f"optim.total_steps={args.warmup + args.steps}", "optim.warmup_steps=0",
         f"precision.encoder={precision}", f"engine.activation_checkpointing={args.act_ckpt}",
+        f"engine.compile={str(args.compile).lower()}",
         f"engine.ds_config={args.ds or f'ds_configs/zero{args.zero}.json'}",
         f"mask.ratio={args.mask_ratio}", f"mask.decoder_ratio={args.decoder_mask_ratio}",
         f"mask.decoder={'running_cell' if args.decoder_mask_ratio > 0 else 'none'}",
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {"model": args.model, "frames": mcfg.num_frames, "img_size": mcfg.img_size,
               "batch_per_device": args.batch, "world_size": world, "zero": info.zero_stage,
               "precision": cfg.precision.encoder, "act_ckpt": cfg.engine.activation_checkpointing,
+              "compile": cfg.engine.compile,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "steps": args.steps, "steps_per_s": args.steps / elapsed,
               "train_flops_per_clip": tput.flops_per_clip, "last_loss": loss,
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             mem = ", ".join(f"{k} {v:.2f}" for k, v in result.items() if k.startswith("mem_"))
             out(f"{result['model']} {result['frames']}x{result['img_size']} batch "
                   f"{result['batch_per_device']}/device x {result['world_size']} | ZeRO-{result['zero']} "
-                  f"{result['precision']} ckpt={result['act_ckpt']} on {result['device']}\n"
+                  f"{result['precision']} ckpt={result['act_ckpt']}{' compiled' if result['compile'] else ''} "
+                  f"on {result['device']}\n"
                   f"  {result['steps_per_s']:.3f} steps/s, {result['clips_per_s']:.2f} clips/s, "
                   f"{result['tflops']:.3f} TFLOP/s/device, MFU {mfu}, {mem}")
     return 0

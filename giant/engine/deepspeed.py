@@ -141,6 +141,10 @@ def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
                               f"— remove it from the JSON or change the recipe")
         out[key] = value
     _check_precision_sections(out, cfg, where)
+    if cfg.engine.compile and zero_stage(out) == 3:  # tried: the ds_id guards recompile per sub-module
+        raise ConfigError(f"{where}: ZeRO-3 with recipe engine.compile=true — DeepSpeed's parameter-gathering "
+                          "hooks run inside each compiled block and force a recompilation per sub-module; "
+                          "use ZeRO-1/2 with compile, or engine.compile=false")
     if cfg.precision.encoder == "fp16" and out.get("zero_optimization", {}).get("compute_grad_norm") is False:
         raise ConfigError(f"{where}: zero_optimization.compute_grad_norm=false but recipe precision.encoder=fp16 "
                           "— FP16 overflow is detected from the global gradient norm; remove the key")
@@ -268,6 +272,20 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
     return len(targets)
 
 
+def apply_compile(model: nn.Module, backend: str = "inductor", mode: str = "") -> int:
+    """torch.compile every transformer block in place (nn.Module.compile): state_dict keys stay
+    the official ones, and blocks of one shape share one compiled graph, so ViT-g's 40 encoder
+    blocks cost one compilation. The gathers, the mask tokens and the loss stay eager."""
+    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
+    blocks += list(getattr(getattr(model, "decoder", None), "blocks", []))
+    if not blocks:
+        raise ConfigError(f"engine.compile=true: {type(model).__name__} has no transformer blocks")
+    kwargs = {"backend": backend, **({"mode": mode} if mode else {})}
+    for blk in blocks:
+        blk.compile(**kwargs)
+    return len(blocks)
+
+
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class EngineInfo:
@@ -311,6 +329,10 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
         ds.pop("zero_force_ds_cpu_optimizer", None)
     apply_precision(model, cfg.precision.encoder, device.type)
     apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
+    if cfg.engine.compile:
+        n = apply_compile(model, cfg.engine.compile_backend, cfg.engine.compile_mode)
+        log.info("torch.compile (%s%s): %d blocks; the first step compiles", cfg.engine.compile_backend,
+                 f", {cfg.engine.compile_mode}" if cfg.engine.compile_mode else "", n)
     model.to(device)
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     optimizer = _build_optimizer(groups, optim, device, offload)

@@ -213,8 +213,6 @@ def _finish(cfg: RunConfig, run_dir: Path, rank: int, result: Any, obs: _Observe
 
 def run(cfg: RunConfig) -> dict:
     """Pre-train; returns the artifacts (paths, losses, reason). Collective over all ranks."""
-    if cfg.engine.compile:
-        raise ConfigError("engine.compile=true is not supported by the pre-training stage yet; set it to false")
     check_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
     # end in a clean save + PREEMPTED marker, not the default kill

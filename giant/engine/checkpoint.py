@@ -302,7 +302,8 @@ def convert_universal(root: Path, tag: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         msg = (f"{src}: converting to a universal checkpoint failed ({type(exc).__name__}: {exc}); "
                "relaunch with the world size and ZeRO config that wrote it")
-        _fsync_write(failed, msg)
+        with contextlib.suppress(OSError):  # e.g. a read-only checkpoint dir: the launcher ends the peers
+            _fsync_write(failed, msg)
         raise CheckpointError(msg) from exc
     os.rename(tmp, dst)
     log.info("%s written in %.1fs", dst, time.time() - t0)

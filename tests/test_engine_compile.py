@@ -20,7 +20,8 @@ from giant.models import build_model
 
 
 def _tiny():
-    cfg = load_config("launch/recipes/demo_pretrain.yaml", ["model.num_frames=4"])
+    cfg = load_config("launch/recipes/demo_pretrain.yaml", ["model.num_frames=4", "model.depth=6",
+                                                             "model.decoder_depth=3"])
     mcfg = cfg.model.resolved()
     torch.manual_seed(0)
     return cfg, mcfg, build_model(mcfg, "pretrain")
@@ -45,7 +46,9 @@ def test_compiled_blocks_keep_keys_and_match_eager_under_the_engine_wrappers():
         out = m(video, enc, dec)
         out.loss.backward()
         outs.append((out.loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # dynamo really compiled
+    # dynamo really compiled, and 9 blocks gave one graph for the encoder and one for the
+    # decoder: a graph per block would exhaust the recompile limit on ViT-g and fall back to eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 2
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
     for name, grad in outs[0][1].items():
         torch.testing.assert_close(outs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

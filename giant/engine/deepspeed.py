@@ -274,8 +274,9 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
 
 def apply_compile(model: nn.Module, backend: str = "inductor", mode: str = "") -> int:
     """torch.compile every transformer block in place (nn.Module.compile): state_dict keys stay
-    the official ones, and blocks of one shape share one compiled graph, so ViT-g's 40 encoder
-    blocks cost one compilation. The gathers, the mask tokens and the loss stay eager."""
+    the official ones, and blocks of one shape share one compiled graph (one for the encoder,
+    one for the decoder: ViT-g's 40 blocks do not each recompile and hit dynamo's recompile
+    limit). The gathers, the mask tokens and the loss stay eager."""
     blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
     blocks += list(getattr(getattr(model, "decoder", None), "blocks", []))
     if not blocks:

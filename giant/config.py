@@ -148,6 +148,7 @@ class EngineConfig:
 
     ds_config: str = "ds_configs/zero2.json"
     activation_checkpointing: str = "off"  # off | all | first:N (first N encoder blocks)
+    zero_init: bool = True  # ZeRO-3: build inside deepspeed.zero.Init (no rank holds the full model)
     compile: bool = False  # torch.compile each transformer block (encoder + decoder)
     compile_backend: str = "inductor"  # any torch.compile backend (aot_eager to debug a failure)
     compile_mode: str = ""  # "" = default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs

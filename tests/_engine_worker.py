@@ -17,7 +17,7 @@ import torch
 
 from giant.config import load_config, to_dict
 from giant.engine.checkpoint import CheckpointManager, export_weights, load_weights
-from giant.engine.deepspeed import build_engine, init_distributed
+from giant.engine.deepspeed import build_engine, construct_model, init_distributed, load_state
 from giant.engine.loop import LoopHooks, train_loop
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
@@ -56,8 +56,10 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     cfg = load_config(None, BASE + overrides + ([f"engine.ds_config={ds_json}"] if ds_json else []))
     rank, _, _, device = init_distributed(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg.model, "pretrain")
+    model = construct_model(cfg, cfg.model.resolved(), "pretrain")  # ZeRO-3: zero.Init
+    built_partitioned = all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())
     engine, info = build_engine(model, cfg, device)
+    info.built_partitioned = built_partitioned
     init = full_params(engine)
     rows = []
     def log_step(step: int, scalars: dict) -> None:
@@ -100,6 +102,7 @@ def agreement(res: dict) -> None:
         params[name] = full_params(engine)
         res[name]["partitioned"] = all(p.numel() == 0 for p in engine.module.parameters()) \
             if info.zero_stage == 3 else None
+        res[name]["built_partitioned"] = info.built_partitioned  # never materialised in full
         if name == "zero3_ckpt_all":
             export_check(res, engine, info, cfg, params[name])
     for a, b in (("zero1", "zero2"), ("zero1", "zero3_ckpt_all"), ("zero1", "zero3_offload"),
@@ -121,6 +124,16 @@ def export_check(res: dict, engine, info, cfg, gathered: dict) -> None:
         res["export"] = {"num_tensors": len(state), "kind": model_json["kind"],
                          "maxdiff": max((plain.state_dict()[k] - gathered[k]).abs().max().item() for k in gathered)}
     torch.distributed.barrier()
+    # checkpoint.init_from into a model built partitioned (zero.Init): one gathered module at a time
+    state, _ = load_weights(SCRATCH / "z3")
+    model = construct_model(cfg, cfg.model.resolved(), "pretrain")
+    missing, unexpected = load_state(model, state)
+    params = dict(model.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+        diff = max((p.detach() - state[k]).abs().max().item() for k, p in params.items())
+    if torch.distributed.get_rank() == 0:
+        res["zero3_init_from"] = {"missing": missing, "unexpected": unexpected, "maxdiff": diff,
+                                  "partitioned": all(p.numel() == 0 for p in params.values())}
 
 
 def precision(res: dict) -> None:

@@ -18,11 +18,10 @@ import torch
 from giant.cli import out
 from giant.config import load_config
 from giant.data.transforms import normalize_on_device
-from giant.engine.deepspeed import build_engine, init_distributed
+from giant.engine.deepspeed import build_engine, construct_model, init_distributed
 from giant.engine.metrics import Throughput, memory_stats
 from giant.flops import train_flops_per_clip
 from giant.masking import MaskGenerator, token_grid
-from giant.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     rank, world, _, device = init_distributed(cfg)
     torch.manual_seed(cfg.stage.seed + rank)
-    model = build_model(cfg.model, "pretrain")
+    model = construct_model(cfg, cfg.model.resolved(), "pretrain")
     engine, info = build_engine(model, cfg, device)
     mcfg = cfg.model.resolved()
     g = torch.Generator().manual_seed(rank)

@@ -16,10 +16,11 @@ __all__ = ["MODEL_SIZES", "MAEOutput", "MaskedVideoAutoencoder", "VideoClassifie
            "build_model", "resolve_model_config", "token_grid"]
 
 
-def build_model(cfg: ModelConfig, kind: str = "pretrain") -> nn.Module:
-    """`pretrain` → MaskedVideoAutoencoder, `classifier` → VideoClassifier."""
+def build_model(cfg: ModelConfig, kind: str = "pretrain", init: bool = True) -> nn.Module:
+    """`pretrain` → MaskedVideoAutoencoder, `classifier` → VideoClassifier. init=False leaves
+    the published init to the caller (`model.init_module` per module, children first)."""
     if kind == "pretrain":
-        return MaskedVideoAutoencoder(cfg)
+        return MaskedVideoAutoencoder(cfg, init=init)
     if kind == "classifier":
-        return VideoClassifier(cfg)
+        return VideoClassifier(cfg, init=init)
     raise ConfigError(f"model kind {kind!r}: use 'pretrain' or 'classifier'")

@@ -16,7 +16,7 @@ class VideoClassifier(VideoViT):
     """Subclasses the encoder so parameters sit at the top level (`blocks.0...`, `fc_norm`,
     `head`) exactly as in the official fine-tuned checkpoints."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: bool = True):
         cfg = resolve_model_config(cfg)
         if cfg.num_classes < 1:
             raise ConfigError("model.num_classes must be >= 1 for a classifier")
@@ -24,22 +24,27 @@ class VideoClassifier(VideoViT):
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.head_dropout = nn.Dropout(cfg.head_drop_rate) if cfg.head_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
-        self.init_weights()
+        if init:  # init=False: the caller runs init_module itself (ZeRO-3 builds partitioned)
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        self.apply(self.init_module)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """trunc_normal(0.02) Linear / zero bias; head scaled by init_scale (SPEC §1)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
+    def init_module(self, m: nn.Module) -> None:
+        """trunc_normal(0.02) Linear / zero bias; head bias N(0.02), head scaled by init_scale
+        (SPEC §1). Touches only m's own parameters (one gathered module at a time)."""
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m is self.head:
+                nn.init.trunc_normal_(m.bias, std=0.02)
+                m.weight.mul_(self.cfg.init_scale)
+                m.bias.mul_(self.cfg.init_scale)
+            elif m.bias is not None:
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.head.bias, std=0.02)
-        self.head.weight.mul_(self.cfg.init_scale)
-        self.head.bias.mul_(self.cfg.init_scale)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def forward_features(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
         return self.fc_norm(super().forward(video_BCTHW).mean(dim=1))

@@ -64,7 +64,7 @@ def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
 
 
 class MaskedVideoAutoencoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, cfg: ModelConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD, init: bool = True):
         super().__init__()
         cfg = resolve_model_config(cfg)
         self.cfg = cfg
@@ -79,20 +79,25 @@ class MaskedVideoAutoencoder(nn.Module):
         self.register_buffer("decoder_pos_embed", position_table(grid, dec_dim, src), persistent=False)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1, 1), persistent=False)
-        self.init_weights()
+        if init:  # init=False: the caller runs init_module itself (ZeRO-3 builds partitioned)
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        self.apply(self.init_module)  # children first, the mask token last (as the official code)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, token N(0.02)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
+    def init_module(self, m: nn.Module) -> None:
+        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, token N(0.02).
+        Touches only m's own parameters, so it can run one gathered module at a time."""
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif m is self:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward_encoder(self, video_BCTHW: torch.Tensor, enc_keep_BK: torch.Tensor) -> torch.Tensor:
         return self.encoder(video_BCTHW, enc_keep_BK)

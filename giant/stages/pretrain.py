@@ -21,7 +21,8 @@ from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
                                      export_weights, load_weights, needs_reshard, prepare_universal,
                                      read_meta)
-from giant.engine.deepspeed import build_engine, check_ds_config, init_distributed, zero_stage
+from giant.engine.deepspeed import (build_engine, check_ds_config, construct_model, init_distributed,
+                                    load_state, zero_stage)
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
 from giant.errors import CheckpointError, ConfigError, GiantError
 
@@ -29,13 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _model(cfg: RunConfig, model_cfg: Any) -> torch.nn.Module:
-    from giant.models import build_model
-
     torch.manual_seed(cfg.stage.seed)  # identical init on every rank (ZeRO-3 keeps local shards)
-    model = build_model(model_cfg, "pretrain")
+    model = construct_model(cfg, model_cfg, "pretrain")
     if cfg.checkpoint.init_from:
         state, info = load_weights(cfg.checkpoint.init_from)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = load_state(model, state)
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint.init_from={cfg.checkpoint.init_from}: weights do not fit this model "

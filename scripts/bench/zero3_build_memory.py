@@ -1,14 +1,25 @@
-"""Peak host memory per rank to build ViT-g pre-training model for ZeRO-3, with/without zero.Init."""
-import resource, sys, time, torch
+"""Peak host memory per rank to build the ViT-g pre-training model for ZeRO-3, with and without
+deepspeed.zero.Init (docs/PERFORMANCE.md). Usage:
+    torchrun --nproc_per_node 2 scripts/bench/zero3_build_memory.py true|false
+"""
+import resource
+import sys
+import time
+
+import torch
+
 from giant.config import load_config
 from giant.engine.deepspeed import construct_model, init_distributed
+
 cfg = load_config(None, ["model.name=vit_g", "engine.ds_config=ds_configs/zero3.json", "stage.device=cpu",
                          "optim.batch_size=1", "data.num_sample=1", f"engine.zero_init={sys.argv[1]}"])
 rank, world, _, _ = init_distributed(cfg)
 torch.manual_seed(0)
-t = time.time()
-m = construct_model(cfg, cfg.model.resolved(), "pretrain")
-el = time.time() - t
-local = sum(p.numel() if p.numel() else 0 for p in m.parameters()) + sum(p.ds_tensor.numel() for p in m.parameters() if hasattr(p, "ds_tensor"))
-print(f"rank {rank}/{world} zero_init={sys.argv[1]}: build {el:.1f}s, local param elements {local/1e6:.1f} M, "
-      f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20:.2f} GiB", flush=True)
+t0 = time.time()
+model = construct_model(cfg, cfg.model.resolved(), "pretrain")
+seconds = time.time() - t0
+# a partitioned parameter is empty and keeps this rank's slice in ds_tensor
+held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(f"rank {rank}/{world} zero_init={sys.argv[1]}: build {seconds:.1f}s, param elements held "
+      f"{held / 1e6:.1f} M, peak RSS {peak_gib:.2f} GiB", flush=True)

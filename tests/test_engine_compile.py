@@ -80,4 +80,4 @@ def test_inductor_compiled_training_matches_eager_on_two_ranks(synth_videos, tmp
         runs[name] = proc.stdout + proc.stderr
     assert "torch.compile (inductor): 3 blocks" in runs["compiled"]
     assert "torch.compile" not in runs["eager"]
-    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-5)
+    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-4)

@@ -268,6 +268,27 @@ def test_latest_skips_incomplete_and_partial_saves(tmp_path):
         mgr.find(str(tmp_path / "elsewhere"))
 
 
+def test_a_damaged_checkpoint_is_skipped_for_an_older_intact_one(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        torch.save({"w": torch.ones(1000)}, _fake_ckpt(root, step) / "mp_rank_00_model_states.pt")
+    (root / "latest").write_text("step_00000004")
+    mgr = ck.CheckpointManager(root)
+    assert ck.verify_files(root / "step_00000004") is None
+    shard = root / "step_00000004" / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:-200])  # a storage fault after the commit
+    assert ck.verify_files(root / "step_00000004").startswith(f"{shard}: damaged")
+    assert mgr.find("auto") == (root, "step_00000002")
+    assert "skipping checkpoint" in caplog.text and str(shard) in caplog.text
+    assert mgr.find(str(tmp_path)) == (root, "step_00000002")
+    with pytest.raises(CheckpointError, match="damaged"):  # named explicitly: no silent substitute
+        mgr.find(str(root / "step_00000004"))
+    other = root / "step_00000002" / "mp_rank_00_model_states.pt"
+    other.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="every complete checkpoint is damaged"):
+        mgr.find("auto")  # never a silent fresh start over a long run
+
+
 def test_wrong_model_is_a_checkpoint_error_another_world_size_is_not(caplog):
     meta = {"model": {"name": "tiny", "depth": 2}, "world_size": 2, "zero_stage": 2, "kind": "pretrain",
             "global_batch_clips": 64}

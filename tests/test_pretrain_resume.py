@@ -4,6 +4,7 @@ holds every promised artifact, and user mistakes stop with one clear line."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from _launch import REPO, env, tail, torchrun
+from giant.engine import checkpoint as ck
 
 STEPS = 4
 
@@ -63,6 +65,21 @@ def test_resume_reproduces_uninterrupted_losses(runs):
     assert "resumed from" in runs["second_log"] and "step 2" in runs["second_log"]
     for step in full:
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+
+
+def test_a_damaged_latest_checkpoint_falls_back_and_replays_the_lost_step(runs, synth_videos, tmp_path):
+    run = tmp_path / "full"
+    shutil.copytree(runs["dir"] / "full", run)
+    shard = run / "checkpoints" / "step_00000004" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    again = pretrain(synth_videos, run)  # the requeued command: auto-resume
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, tail(again)
+    assert f"skipping checkpoint {run / 'checkpoints' / 'step_00000004'}" in log
+    assert "resumed from" in log and "(step 3)" in log
+    replayed = losses(run)
+    assert replayed[STEPS] == pytest.approx(losses(runs["dir"] / "full")[STEPS], rel=1e-6, abs=1e-7)
+    assert ck.verify_files(run / "checkpoints" / "step_00000004") is None  # re-saved intact
 
 
 def test_run_dir_artifacts(runs):

@@ -39,6 +39,7 @@ import random
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -124,6 +125,33 @@ def latest_tag(root: Path) -> Optional[str]:
     return found[-1][1] if found else None
 
 
+def verify_files(tag_dir: Path) -> Optional[str]:
+    """Cheap integrity check of every torch file in a checkpoint (the zip directory at its end
+    is present and lists a data.pkl): catches truncation without reading the tensors.
+    → None, or 'path: reason' for the first damaged file."""
+    for f in sorted(tag_dir.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(f) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    return f"{f}: not a torch checkpoint file (no data.pkl)"
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{f}: damaged ({exc})"
+    return None
+
+
+def _newest_intact(root: Path) -> Optional[str]:
+    """latest_tag's choice, or the newest older complete checkpoint if that one is damaged."""
+    first = latest_tag(root)
+    order = [first] + [t for _, t in reversed(list_checkpoints(root)) if t != first] if first else []
+    for tag in order:
+        damage = verify_files(root / tag)
+        if damage is None:
+            return tag
+        log.warning("skipping checkpoint %s: %s; trying an older one (the damaged one is left for "
+                    "inspection and replaced when training passes that step again)", root / tag, damage)
+    return None
+
+
 def read_meta(tag_dir: Path) -> dict:
     try:
         return json.loads((tag_dir / META).read_text())
@@ -180,19 +208,30 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------- resume
     def find(self, resume: str) -> Optional[tuple[Path, str]]:
-        """checkpoint.resume → (checkpoints dir, tag) or None for a fresh start."""
+        """checkpoint.resume → (checkpoints dir, tag) or None for a fresh start.
+
+        auto / a run dir: the newest complete checkpoint whose files are intact; a damaged one
+        (truncated by a storage fault after it was committed) is skipped with a warning, so an
+        auto-requeued run falls back instead of failing on every requeue. An explicit step_*
+        dir must be intact."""
         if resume == "never":
             return None
-        if resume == "auto":
-            tag = latest_tag(self.root)
-            return (self.root, tag) if tag else None
         path = Path(resume)
-        if (path / META).is_file():  # a tag directory
+        if resume != "auto" and (path / META).is_file():  # a tag directory: exactly that one
+            damage = verify_files(path)
+            if damage:
+                raise CheckpointError(f"{damage}; pick another checkpoint with checkpoint.resume=PATH")
             return path.parent, path.name
-        for root in (path, path / "checkpoints"):
-            tag = latest_tag(root)
-            if tag:
-                return root, tag
+        roots = [self.root] if resume == "auto" else [path, path / "checkpoints"]
+        for root in roots:
+            found = _newest_intact(root)
+            if found:
+                return root, found
+            if list_checkpoints(root):  # never start a long run over silently
+                raise CheckpointError(f"{root}: every complete checkpoint is damaged (see the warnings "
+                                      "above); restore one, or set checkpoint.resume=never to start over")
+        if resume == "auto":
+            return None
         raise CheckpointError(f"checkpoint.resume={resume}: no complete checkpoint there (expected a "
                               f"run dir, its checkpoints/ dir or a step_* dir containing {META})")
 

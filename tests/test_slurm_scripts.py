@@ -24,7 +24,8 @@ echo "python RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE MASTER_ADD
 for a in "$@"; do case "$a" in stage.run_dir=*) run="${a#stage.run_dir=}";; esac; done
 mkdir -p "$run"
 [ -n "${FAKE_PREEMPT:-}" ] && echo signal:SIGUSR1 > "$run/PREEMPTED"
-exit 0
+[ -n "${FAKE_LATEST:-}" ] && mkdir -p "$run/checkpoints" && echo "$FAKE_LATEST" > "$run/checkpoints/latest"
+exit "${FAKE_RC:-0}"
 """
 
 
@@ -34,24 +35,28 @@ def _tool(folder: Path, name: str, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def _sbatch(tmp: Path, preempt: bool, stale_marker: bool) -> list[str]:
+def _sbatch(tmp: Path, preempt: bool = False, stale_marker: bool = False, rc: int = 0,
+            latest: str = "") -> list[str]:
+    """One job (or one requeued restart of it: call again with the same tmp)."""
     root = tmp / "giant"
-    shutil.copytree(REPO / "launch" / "slurm", root / "launch" / "slurm")
     bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("python", PYTHON)):
-        _tool(bin_dir, name, text)
+    if not root.exists():
+        shutil.copytree(REPO / "launch" / "slurm", root / "launch" / "slurm")
+        bin_dir.mkdir()
+        for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("python", PYTHON)):
+            _tool(bin_dir, name, text)
     calls = tmp / "calls.log"
-    calls.touch()
+    calls.write_text("")
     if stale_marker:
         (root / "runs" / "r").mkdir(parents=True)
         (root / "runs" / "r" / "PREEMPTED").write_text("old\n")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "12", "GIANT_ROOT": str(root),
-           "RUN_DIR": "runs/r", "HOME": str(tmp), **({"FAKE_PREEMPT": "1"} if preempt else {})}
+           "RUN_DIR": "runs/r", "HOME": str(tmp), "FAKE_RC": str(rc), "FAKE_LATEST": latest,
+           **({"FAKE_PREEMPT": "1"} if preempt else {})}
     proc = subprocess.run(["bash", str(root / "launch/slurm/pretrain.sbatch")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == rc, proc.stderr
     return calls.read_text().splitlines()
 
 
@@ -68,3 +73,19 @@ def test_preempted_run_requeues_with_slurm_ranks(tmp_path):
 def test_finished_run_with_stale_marker_does_not_requeue(tmp_path):
     calls = _sbatch(tmp_path, preempt=False, stale_marker=True)
     assert len(calls) == 2 and not any(c.startswith("scontrol") for c in calls)
+
+
+def test_crash_requeues_while_training_makes_progress(tmp_path):
+    requeued = lambda calls: "scontrol requeue 4242" in calls  # noqa: E731
+    assert requeued(_sbatch(tmp_path, rc=1, latest="step_00000100"))    # a dead node: restart 1
+    assert requeued(_sbatch(tmp_path, rc=137, latest="step_00000100"))  # killed again, same ckpt: 2
+    assert requeued(_sbatch(tmp_path, rc=1, latest="step_00000200"))    # progress resets the count
+    state = tmp_path / "giant" / "runs" / "r" / "CRASH_RESTARTS"
+    assert state.read_text().split() == ["1", "step_00000200"]
+    assert requeued(_sbatch(tmp_path, rc=1, latest="step_00000200"))
+    assert requeued(_sbatch(tmp_path, rc=1, latest="step_00000200"))
+    assert not requeued(_sbatch(tmp_path, rc=1, latest="step_00000200"))  # 3 in a row: a person looks
+
+
+def test_user_error_exit_2_never_requeues(tmp_path):
+    assert not any(c.startswith("scontrol") for c in _sbatch(tmp_path, rc=2))

@@ -24,13 +24,33 @@ giant_srun() {
     'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' _ "$@"
 }
 
-# After the job step ends: if training stopped on a preemption/timeout signal it leaves
-# RUN_DIR/PREEMPTED; requeue so the next allocation auto-resumes from the latest checkpoint.
-giant_requeue_if_preempted() {
-  local run_dir=$1
+# After the job step ends (RUN_DIR, the step's exit code):
+# - training stopped on a preemption/timeout signal (it leaves RUN_DIR/PREEMPTED): requeue, and
+#   the next allocation auto-resumes from the latest checkpoint;
+# - it crashed (a dead node, an NCCL timeout, a killed rank: any exit code but 0 and giant's 2,
+#   which means an error a person must fix): requeue too, but at most GIANT_MAX_CRASH_RESTARTS
+#   (default 3) times in a row without a new checkpoint, so a crash that repeats at the same
+#   step does not loop forever. RUN_DIR/CRASH_RESTARTS holds "count latest-tag".
+giant_requeue() {
+  local run_dir=$1 rc=$2
   if [ -f "$run_dir/PREEMPTED" ]; then
     rm -f "$run_dir/PREEMPTED"
     echo "giant: preempted, requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
+    return 0
   fi
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] && return 0
+  local max=${GIANT_MAX_CRASH_RESTARTS:-3} state="$run_dir/CRASH_RESTARTS" count=0 last="" latest
+  latest=$(cat "$run_dir/checkpoints/latest" 2>/dev/null || echo none)
+  [ -f "$state" ] && read -r count last < "$state"
+  [ "$last" = "$latest" ] || count=0   # a new checkpoint since the last crash: progress
+  if [ "$count" -ge "$max" ]; then
+    echo "giant: exit $rc after $count restarts without a new checkpoint (latest: $latest); not" \
+         "requeueing - fix the cause, then sbatch again (it resumes)" >&2
+    return 0
+  fi
+  mkdir -p "$run_dir"
+  echo "$((count + 1)) $latest" > "$state"
+  echo "giant: job step failed (exit $rc); requeue $((count + 1))/$max, resuming from $latest"
+  scontrol requeue "$SLURM_JOB_ID"
 }

@@ -48,3 +48,5 @@ def test_bad_videos_are_skipped_and_counted_or_stop_all_ranks(synth_videos, corr
     codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", log)]
     assert 2 in codes and set(codes) <= {2, -signal.SIGTERM, -signal.SIGKILL}, codes
     assert f'File "{REPO / "giant"}' not in log  # a clear line, not a stack dump from giant
+    # whatever code torchrun/srun report for the killed peer, launch/slurm reads this and stops
+    assert (tmp_path / "strict" / "ERROR").read_text().startswith("DataError: ")

@@ -139,6 +139,8 @@ def test_resume_into_a_different_model_is_a_clear_error(runs, synth_videos):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "holds a different model" in out and "model.decoder_depth: checkpoint 1 vs recipe 2" in out
+    marker = runs["dir"] / "resumed" / "ERROR"  # launch/slurm does not requeue what a person must fix
+    assert marker.read_text().startswith("CheckpointError: ") and "holds a different model" in marker.read_text()
 
 
 def test_json_contradicting_recipe_fails_before_starting(tmp_path):

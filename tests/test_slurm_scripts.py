@@ -24,6 +24,7 @@ echo "python RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE MASTER_ADD
 for a in "$@"; do case "$a" in stage.run_dir=*) run="${a#stage.run_dir=}";; esac; done
 mkdir -p "$run"
 [ -n "${FAKE_PREEMPT:-}" ] && echo signal:SIGUSR1 > "$run/PREEMPTED"
+[ -n "${FAKE_ERROR:-}" ] && echo "DataError: 3 of 8 video reads failed" > "$run/ERROR"
 [ -n "${FAKE_LATEST:-}" ] && mkdir -p "$run/checkpoints" && echo "$FAKE_LATEST" > "$run/checkpoints/latest"
 exit "${FAKE_RC:-0}"
 """
@@ -36,7 +37,7 @@ def _tool(folder: Path, name: str, text: str) -> None:
 
 
 def _sbatch(tmp: Path, preempt: bool = False, stale_marker: bool = False, rc: int = 0,
-            latest: str = "") -> list[str]:
+            latest: str = "", error: bool = False) -> list[str]:
     """One job (or one requeued restart of it: call again with the same tmp)."""
     root = tmp / "giant"
     bin_dir = tmp / "bin"
@@ -53,7 +54,7 @@ def _sbatch(tmp: Path, preempt: bool = False, stale_marker: bool = False, rc: in
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "12", "GIANT_ROOT": str(root),
            "RUN_DIR": "runs/r", "HOME": str(tmp), "FAKE_RC": str(rc), "FAKE_LATEST": latest,
-           **({"FAKE_PREEMPT": "1"} if preempt else {})}
+           **({"FAKE_PREEMPT": "1"} if preempt else {}), **({"FAKE_ERROR": "1"} if error else {})}
     proc = subprocess.run(["bash", str(root / "launch/slurm/pretrain.sbatch")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == rc, proc.stderr
@@ -89,3 +90,7 @@ def test_crash_requeues_while_training_makes_progress(tmp_path):
 
 def test_user_error_exit_2_never_requeues(tmp_path):
     assert not any(c.startswith("scontrol") for c in _sbatch(tmp_path, rc=2))
+    # srun reports the killed peers' code, not giant's 2: the ERROR marker decides
+    assert not any(c.startswith("scontrol") for c in _sbatch(tmp_path, rc=137, error=True))
+    # an ERROR left by an earlier job does not stop this job's crash restart
+    assert "scontrol requeue 4242" in _sbatch(tmp_path, rc=1)

@@ -225,6 +225,8 @@ def run(cfg: RunConfig) -> dict:
 def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     rank, world, _, device = init_distributed(cfg)
     run_dir = Path(cfg.stage.run_dir)
+    if rank == 0:
+        (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew
     model_cfg = cfg.model.resolved()
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
     found, universal = _plan_resume(cfg, ckpt, model_cfg, world, check_ds_config(cfg, world))
@@ -290,10 +292,14 @@ def parse_args(argv: Optional[list]) -> RunConfig:
 
 def main(argv: Optional[list] = None) -> int:
     _setup_logging()
+    cfg = None
     try:
-        art = run(parse_args(argv))
+        cfg = parse_args(argv)
+        art = run(cfg)
     except GiantError as exc:
         log.error("%s", exc)
+        if cfg is not None and int(os.environ.get("RANK", "0")) == 0:
+            _mark_error(Path(cfg.stage.run_dir), exc)
         return 2
     finally:
         if torch.distributed.is_initialized():
@@ -302,6 +308,17 @@ def main(argv: Optional[list] = None) -> int:
         log.info("done (%s): %d steps, loss %s → %s; run dir %s", art["reason"], art["steps"],
                  _fmt(art["first_loss"]), _fmt(art["last_loss"]), art["run_dir"])
     return 0
+
+
+def _mark_error(run_dir: Path, exc: Exception) -> None:
+    """RUN_DIR/ERROR: the batch script must not requeue a run a person has to fix, whatever
+    exit code the launcher reports once it has killed the other ranks."""
+    if not run_dir.is_dir():  # failed before starting: leave no run dir behind; exit 2 says it
+        return
+    try:
+        (run_dir / "ERROR").write_text(f"{type(exc).__name__}: {exc}\n")
+    except OSError:
+        pass  # the run dir itself may be the problem; the exit code still says 2
 
 
 def _fmt(x: Optional[float]) -> str:

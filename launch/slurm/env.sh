@@ -28,7 +28,7 @@ giant_srun() {
 # - training stopped on a preemption/timeout signal (it leaves RUN_DIR/PREEMPTED): requeue, and
 #   the next allocation auto-resumes from the latest checkpoint;
 # - it crashed (a dead node, an NCCL timeout, a killed rank: any exit code but 0 and giant's 2,
-#   which means an error a person must fix): requeue too, but at most GIANT_MAX_CRASH_RESTARTS
+#   and no RUN_DIR/ERROR, which giant writes for an error a person must fix): requeue too, but at most GIANT_MAX_CRASH_RESTARTS
 #   (default 3) times in a row without a new checkpoint, so a crash that repeats at the same
 #   step does not loop forever. RUN_DIR/CRASH_RESTARTS holds "count latest-tag".
 giant_requeue() {
@@ -37,6 +37,10 @@ giant_requeue() {
     rm -f "$run_dir/PREEMPTED"
     echo "giant: preempted, requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
+    return 0
+  fi
+  if [ -f "$run_dir/ERROR" ]; then   # giant explained it in one line; requeueing cannot help
+    echo "giant: not requeueing: $(cat "$run_dir/ERROR")" >&2
     return 0
   fi
   [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] && return 0

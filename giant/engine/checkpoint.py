@@ -319,9 +319,12 @@ def check_reshardable(meta: dict, expect: dict, where: Path) -> None:
 def universal_info() -> dict:
     """The client-state entry DeepSpeed's ds_to_universal requires of ZeRO-1/2 checkpoints
     (Megatron writes it; a plain model has no tensor-parallel slices to describe)."""
-    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
-
+    try:
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    except ImportError:  # an optional extra must never break a save; conversion injects it then
+        return {}
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 

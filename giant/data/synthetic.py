@@ -94,17 +94,34 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str 
         if gop:
             stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "18"}
+            # mbtree reads uninitialised lowres memory on frames this small: with it on, the
+            # same video encoded to different bytes depending on what the heap held before
+            stream.options = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
         else:
             stream.codec_context.bit_rate = 8 * width * height * fps // 4
-        for array in frames:
-            # convert to yuv420p ourselves into a fresh frame: PyAV's implicit conversion can
-            # leave padding bytes uninitialised, which made libx264 output differ run to run
-            yuv = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
-            frame = av.VideoFrame.from_ndarray(yuv.to_ndarray(), format="yuv420p")
+        for t, array in enumerate(frames):
+            frame = _yuv420_frame(array)
+            frame.pts = t  # explicit timestamps (in 1/fps): nothing left for the muxer to guess
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return codec
+
+
+def _yuv420_frame(rgb_HWC: np.ndarray):
+    """A yuv420p frame whose row padding is zeros: PyAV allocates planes with aligned rows (a
+    24-pixel chroma row gets 32 bytes) and leaves the padding uninitialised, and an encoder's
+    input should be fully defined (see the mbtree note in write_video for the bug it chased)."""
+    import av
+
+    h, w = rgb_HWC.shape[:2]
+    i420 = av.VideoFrame.from_ndarray(rgb_HWC, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    planes = (i420[:h], i420[h:h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4:].reshape(h // 2, w // 2))
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, pixels in zip(frame.planes, planes):
+        rows = np.zeros((pixels.shape[0], plane.line_size), np.uint8)
+        rows[:, :pixels.shape[1]] = pixels
+        plane.update(rows.tobytes())
+    return frame
 
 
 def _split(labels: list[int], val_fraction: float) -> list[bool]:

@@ -125,6 +125,10 @@ class LoopHooks:
     scalars: Optional[Callable[[int], dict]] = None
     image: Optional[Callable[[int, dict, Any], None]] = None
     throughput: Optional[Callable[[int, float], dict]] = None
+    # per-rank numbers summed over ranks in the step's one all-reduce (no extra collective):
+    # counters() gives this rank's values, agreed(totals) receives the sums on every rank
+    counters: Optional[Callable[[], list]] = None
+    agreed: Optional[Callable[[list], None]] = None
 
 
 def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
@@ -142,15 +146,17 @@ def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
     return loss_sum, batch, out
 
 
-def _agree(loss_sum: torch.Tensor, stop: bool) -> tuple[float, bool]:
-    """All ranks: mean loss over ranks and micro-batches' sum, and whether anyone must stop."""
-    flag = torch.full((), 1.0 if stop else 0.0, dtype=torch.float64, device=loss_sum.device)
-    buf = torch.stack([loss_sum, flag])
+def _agree(loss_sum: torch.Tensor, stop: bool, counters: list) -> tuple[float, bool, list]:
+    """All ranks, one all-reduce: mean loss over ranks, whether anyone must stop, and the
+    stage's counters summed over ranks."""
+    extra = torch.tensor([1.0 if stop else 0.0, *counters], dtype=torch.float64, device=loss_sum.device)
+    buf = torch.cat([loss_sum.reshape(1), extra])
     world = 1
     if torch.distributed.is_initialized():
         world = torch.distributed.get_world_size()
         torch.distributed.all_reduce(buf)
-    return buf[0].item() / world, buf[1].item() > 0
+    values = buf.tolist()  # one device→host copy
+    return values[0] / world, values[1] > 0, values[2:]
 
 
 def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
@@ -187,7 +193,10 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
             loss_sum, batch, out = _micro_steps(engine, batches, step_fn, optim.accum_steps, device)
             applied = engine.was_step_applied()
             scaler.update(not applied)
-            loss, stop = _agree(loss_sum / optim.accum_steps, flag.received is not None)
+            loss, stop, totals = _agree(loss_sum / optim.accum_steps, flag.received is not None,
+                                        hooks.counters() if hooks.counters else [])
+            if hooks.agreed is not None:
+                hooks.agreed(totals)  # may raise (e.g. DataError) on every rank at this step
             seconds = time.perf_counter() - t0
             step += 1
             scalars = _step_scalars(engine, lr, wd, loss, applied, scaler, fp16)

@@ -65,36 +65,32 @@ def _data(cfg: RunConfig, model_cfg: Any, rank: int, world: int) -> tuple[EpochB
 
 
 class _GlobalFailures:
-    """Skip-and-count across ranks: the threshold is checked on totals all-reduced every step,
-    so every rank raises at the same step (a lone rank raising would leave its peers waiting in
-    a collective), and the totals survive a resume (checkpoint client state is rank 0's)."""
+    """Skip-and-count across ranks: each rank's counts ride on the loop's per-step all-reduce
+    (LoopHooks.counters/agreed), so every rank sees the same totals and raises at the same
+    step (a lone rank raising would leave its peers waiting in a collective); the totals
+    survive a resume (checkpoint client state is rank 0's)."""
 
-    def __init__(self, tracker: Any, device: torch.device, rank: int):
-        self.tracker, self.device, self.rank = tracker, device, rank
-        self.failed = 0
+    def __init__(self, tracker: Any, rank: int):
+        self.tracker, self.rank = tracker, rank
+        self.attempts = self.failed = 0  # global totals as of the last step
 
     def add(self, batch: dict) -> None:
         self.tracker.add(batch["num_videos"], batch["num_failed"], batch["failed_paths"],
                          batch.get("failed_reasons"))
 
-    def totals(self) -> tuple[int, int]:
-        t = torch.tensor([self.tracker.attempts, self.tracker.failed], dtype=torch.float64,
-                         device=self.device)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(t)
-        return int(t[0]), int(t[1])
+    def counters(self) -> list:
+        return [self.tracker.attempts, self.tracker.failed]
 
-    def check(self) -> int:
-        attempts, self.failed = self.totals()
-        self.tracker.check(attempts, self.failed)
-        return self.failed
+    def agreed(self, totals: list) -> None:
+        self.attempts, self.failed = int(totals[0]), int(totals[1])
+        self.tracker.check(self.attempts, self.failed)
 
-    def state_dict(self) -> dict:
-        attempts, failed = self.totals()
-        return {"attempts": attempts, "failed": failed, "first": list(self.tracker.first)}
+    def state_dict(self) -> dict:  # saves happen after a step's agreement: totals are current
+        return {"attempts": self.attempts, "failed": self.failed, "first": list(self.tracker.first)}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.rank == 0:  # the saved totals live on one rank so the all-reduce stays exact
+        self.attempts, self.failed = int(state["attempts"]), int(state["failed"])
+        if self.rank == 0:  # the saved totals re-enter the sums through one rank only
             self.tracker.load_state_dict(state)
 
 
@@ -147,8 +143,7 @@ class _Observer:
         return {**self.tput.update(self.global_clips, seconds), **self._memory(self.device)}
 
     def scalars(self, step: int) -> dict:
-        failed = self.tracker.check()  # collective; raises DataError on every rank together
-        return {"epoch": self.batches.state_dict().get("epoch", 0), "data_failures": failed}
+        return {"epoch": self.batches.state_dict().get("epoch", 0), "data_failures": self.tracker.failed}
 
     def image(self, step: int, batch: dict, out: Any) -> None:
         if self.rank != 0:
@@ -237,7 +232,7 @@ def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
         dump_config(resolved, run_dir / "config.yaml")
     torch.manual_seed(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path)
     batches, local_tracker = _data(cfg, model_cfg, rank, world)
-    tracker = _GlobalFailures(local_tracker, device, rank)
+    tracker = _GlobalFailures(local_tracker, rank)
     meta = _meta(resolved, model_cfg, world, info.zero_stage, info.global_batch_clips)
     states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": tracker}
     start = _resume(found, ckpt, engine, meta, states)
@@ -250,7 +245,8 @@ def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     obs = _Observer(resolved, model_cfg, run_dir, rank, world, device, info.global_batch_clips,
                     tracker, batches, start)
     hooks = LoopHooks(save=save, log_step=obs.metrics.log_step, scalars=obs.scalars,
-                      image=obs.image, throughput=obs.throughput)
+                      image=obs.image, throughput=obs.throughput, counters=tracker.counters,
+                      agreed=tracker.agreed)
     log.info("pre-training %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s",
              model_cfg.name, start, cfg.optim.total_steps, world, info.global_batch_clips, run_dir)
     try:

@@ -133,3 +133,15 @@ def test_a_failed_conversion_leaves_no_half_written_universal_copy(tmp_path):
     (tag_dir / f".failed_{ck.UNIVERSAL}").unlink()
     with pytest.raises(CheckpointError, match="did not appear within"):
         ck.prepare_universal(tag_dir.parent, tag_dir.name, poll_s=0.01, wait_s=0.05, rank=1)
+
+
+def test_too_little_disk_for_the_universal_copy_is_said_up_front(tmp_path, monkeypatch):
+    tag_dir = tmp_path / "checkpoints" / "step_00000001"
+    tag_dir.mkdir(parents=True)
+    torch.save({"w": torch.ones(1 << 16)}, tag_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    full_disk = type(shutil.disk_usage(tmp_path))(total=1 << 40, used=1 << 40, free=1000)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda _: full_disk)  # a full disk cannot be made here
+    with pytest.raises(CheckpointError, match=r"needs about 0\.0 GiB free there"):
+        ck.convert_universal(tag_dir.parent, tag_dir.name)
+    assert (tag_dir / f".failed_{ck.UNIVERSAL}").read_text().startswith(str(tag_dir))  # peers read it
+    assert not (tag_dir / ck.UNIVERSAL).exists()

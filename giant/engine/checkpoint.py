@@ -336,6 +336,14 @@ def convert_universal(root: Path, tag: str) -> Path:
     tmp, failed = root / tag / f".tmp_{UNIVERSAL}", root / tag / f".failed_{UNIVERSAL}"
     shutil.rmtree(tmp, ignore_errors=True)
     failed.unlink(missing_ok=True)
+    need = sum(f.stat().st_size for f in src.glob("*.pt"))  # the copy is about as large
+    free = shutil.disk_usage(src).free
+    if free < need:
+        msg = (f"{src}: converting for another world size needs about {need / 2**30:.1f} GiB free there, "
+               f"{free / 2**30:.1f} GiB is; free space, or relaunch with the world size that wrote it")
+        with contextlib.suppress(OSError):
+            _fsync_write(failed, msg)
+        raise CheckpointError(msg)
     t0 = time.time()
     log.info("%s: converting to a universal checkpoint (world-size and ZeRO-stage free)", src)
     try:

@@ -243,7 +243,8 @@ class CheckpointManager:
         meta = read_meta(root / tag)
         check_compatible(meta, expect, root / tag)
         load_dir, load_tag = root, tag
-        if needs_reshard(meta, expect):
+        reshard = needs_reshard(meta, expect)
+        if reshard:
             check_reshardable(meta, expect, root / tag)
             if not getattr(engine, "load_universal_checkpoint", lambda: False)():
                 raise CheckpointError(f"{root / tag} was written by {meta.get('world_size')} ranks with "
@@ -261,11 +262,11 @@ class CheckpointManager:
             raise CheckpointError(f"{root / tag}: DeepSpeed found no checkpoint files; delete it or "
                                   "set checkpoint.resume=never")
         rng_file = root / tag / f"rng_rank{_rank():05d}.pt"
-        if rng_file.is_file() and not needs_reshard(meta, expect):
+        if rng_file.is_file() and not reshard:
             # on another world size rank r's stream would belong to different samples: keep
             # the fresh per-rank seeds (data order and augmentation do not depend on them)
             set_rng_state(torch.load(rng_file, weights_only=False))
-        if needs_reshard(meta, expect):
+        if reshard:
             log.info("resumed from %s (step %d): written by %d ranks with ZeRO-%d, re-sharded onto %d "
                      "ranks with ZeRO-%d", root / tag, meta["step"], meta["world_size"],
                      meta.get("zero_stage", 0), expect["world_size"], expect.get("zero_stage", 0))

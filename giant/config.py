@@ -177,6 +177,8 @@ class StageConfig:
     run_dir: str = "runs/pretrain"
     seed: int = 0
     device: str = ""  # "" = cuda if available else cpu
+    # Supervised stages: validate (single centre view, top-1/top-5) every N steps and at the end
+    eval_every: int = 0
     # End this invocation after N optimizer steps, with a checkpoint (0 = run to optim.total_steps).
     # The schedule still spans total_steps, so a later relaunch continues the same run.
     stop_after: int = 0

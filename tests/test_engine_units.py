@@ -11,7 +11,7 @@ import torch
 
 from giant.config import OptimConfig, load_config
 from giant.engine import checkpoint as ck
-from giant.engine.deepspeed import (apply_activation_checkpointing, layer_id, load_ds_json,
+from giant.engine.deepspeed import (apply_activation_checkpointing, load_ds_json,
                                     merge_ds_config, param_groups, resolve_optim, set_lr_wd)
 from giant.engine.precision import DynamicLossScaler, LossScaleConfig, apply_precision
 from giant.engine.schedule import lr_at, peak_lr, wd_at
@@ -132,11 +132,13 @@ def test_param_groups_no_decay_and_layer_decay():
         assert (pid in decayed) == expect_decay, name
     assert sum(g["num_params"] for g in groups) == sum(p.numel() for p in model.parameters())
 
-    L = 2  # tiny encoder depth
-    assert layer_id("encoder.patch_embed.proj.weight", L) == 0
-    assert layer_id("encoder.blocks.0.attn.qkv.weight", L) == 1
-    assert layer_id("encoder.blocks.1.mlp.fc1.weight", L) == 2
-    assert layer_id("encoder.norm.weight", L) == 3 and layer_id("decoder.blocks.0.norm1.weight", L) == 3
+    assert model.num_layers == 2  # tiny encoder depth; the model names its own layers
+    assert model.layer_id("encoder.patch_embed.proj.weight") == 0
+    assert model.layer_id("mask_token") == 0
+    assert model.layer_id("encoder.blocks.0.attn.qkv.weight") == 1
+    assert model.layer_id("encoder.blocks.1.mlp.fc1.weight") == 2
+    assert model.layer_id("encoder.norm.weight") == 3
+    assert model.layer_id("decoder.blocks.0.norm1.weight") == 3
     groups = param_groups(model, 0.05, layer_decay=0.5)
     scales = {g["lr_scale"] for g in groups}
     assert scales == {0.5 ** 3, 0.5 ** 2, 0.5, 1.0}

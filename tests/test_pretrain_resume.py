@@ -119,7 +119,8 @@ def test_giant_export_cli_and_init_from(runs, tmp_path):
     """`giant export RUN_DIR` needs no process group; the next stage starts from its output."""
     from giant.config import load_config
     from giant.engine.checkpoint import load_weights, main as export_main
-    from giant.stages.pretrain import _model
+    from giant.models import build_model
+    from giant.stages.weights import load_init_weights
 
     assert export_main([str(runs["dir"] / "resumed"), "--out", str(tmp_path / "exp")]) == 0
     state, info = load_weights(tmp_path / "exp")
@@ -127,7 +128,8 @@ def test_giant_export_cli_and_init_from(runs, tmp_path):
     cfg = load_config("launch/recipes/demo_pretrain.yaml", [
         "model.img_size=32", "model.patch_size=8", "model.num_frames=4",
         f"checkpoint.init_from={tmp_path / 'exp'}"])
-    model = _model(cfg, cfg.model.resolved())
+    model = build_model(cfg.model.resolved(), "pretrain")
+    load_init_weights(model, cfg.checkpoint.init_from)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
 

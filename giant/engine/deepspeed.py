@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +164,29 @@ def merge_ds_config(ds: dict, cfg: RunConfig, world_size: int, where: str,
     return out, scale_cfg
 
 
+@dataclass(frozen=True)
+class MergedDS:
+    """The DeepSpeed JSON merged with the recipe, once per run (see resolve_ds_config)."""
+
+    config: dict
+    scale: LossScaleConfig
+    source: str
+
+    @property
+    def zero_stage(self) -> int:
+        return zero_stage(self.config)
+
+
+def resolve_ds_config(cfg: RunConfig, world_size: int) -> MergedDS:
+    """Load + merge + validate once, before any process group exists (fail fast, one clear
+    line); the result is handed down to construct_model and build_engine."""
+    ds, scale = merge_ds_config(load_ds_json(cfg.engine.ds_config), cfg, world_size, str(cfg.engine.ds_config))
+    return MergedDS(ds, scale, str(cfg.engine.ds_config))
+
+
 def check_ds_config(cfg: RunConfig, world_size: int) -> dict:
     """Validate JSON + recipe before any process group exists (fail fast, one clear line)."""
-    return merge_ds_config(load_ds_json(cfg.engine.ds_config), cfg, world_size, str(cfg.engine.ds_config))[0]
+    return resolve_ds_config(cfg, world_size).config
 
 
 def zero_stage(ds: dict) -> int:
@@ -175,49 +194,40 @@ def zero_stage(ds: dict) -> int:
 
 
 # ----------------------------------------------------------------------------- param groups
-_NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token")
+# The engine asks the model (timm's habit): `no_weight_decay()`, `layer_id(name)`, `num_layers`,
+# `low_precision_modules()`, `checkpoint_blocks()`. It never parses parameter names itself.
 
 
-def _strip(name: str) -> str:
-    for prefix in ("module.", "_orig_mod.", "encoder."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """SPEC §5 layer index: embed/tokens/pos → 0, encoder block k → k+1, the rest → L+1."""
-    short = _strip(name)
-    if short.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
-        return 0
-    m = re.match(r"blocks\.(\d+)\.", short)
-    if m and not name.startswith("decoder."):
-        return int(m.group(1)) + 1
-    return num_layers + 1
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """1-D params (norms, biases incl. q_bias/v_bias), biases, position and mask tokens."""
+def no_weight_decay(name: str, param: torch.Tensor, skip_names: frozenset = frozenset()) -> bool:
+    """1-D params (norms, biases incl. q_bias/v_bias), biases, and what the model names."""
     ndim = len(getattr(param, "ds_shape", param.shape))  # a zero.Init-partitioned param is 1-D, empty
-    return ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY_NAMES)
+    return ndim <= 1 or name.endswith(".bias") or name in skip_names
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None,
-                 num_layers: Optional[int] = None) -> list[dict]:
-    """AdamW groups carrying `lr_scale` / `wd_scale`; the loop multiplies them in every step."""
-    if layer_decay is not None and num_layers is None:
-        blocks = getattr(getattr(model, "encoder", model), "blocks", None)
-        num_layers = len(blocks) if blocks is not None else 0
+def _model_layers(model: nn.Module) -> tuple[int, Any]:
+    num_layers = getattr(model, "num_layers", None)
+    layer_of = getattr(model, "layer_id", None)
+    if num_layers is None or layer_of is None:
+        raise ConfigError(f"optim.layer_decay is set but {type(model).__name__} does not describe its "
+                          "layers (num_layers / layer_id); unset optim.layer_decay")
+    return int(num_layers), layer_of
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None) -> list[dict]:
+    """AdamW groups carrying `lr_scale` / `wd_scale`; the loop multiplies them in every step.
+    Layer scale = decay^(L+1-layer) (SPEC §5, official LayerDecayValueAssigner)."""
+    skip_names = frozenset(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else frozenset()
+    num_layers, layer_of = _model_layers(model) if layer_decay is not None else (0, None)
     groups: dict[tuple[bool, int], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = no_weight_decay(name, p)
-        lid = layer_id(name, num_layers) if layer_decay is not None else 0
+        skip = no_weight_decay(name, p, skip_names)
+        lid = layer_of(name) if layer_of is not None else 0
         key = (skip, lid)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - lid) if layer_decay is not None else 1.0
-            groups[key] = {"params": [], "names": [], "lr_scale": scale,
+            groups[key] = {"params": [], "names": [], "lr_scale": scale, "layer_id": lid,
                            "wd_scale": 0.0 if skip else 1.0,
                            "weight_decay": 0.0 if skip else weight_decay}
         groups[key]["params"].append(p)
@@ -251,23 +261,27 @@ def _checkpoint_forward(module: nn.Module) -> None:
     module._giant_checkpointed = True
 
 
+def _checkpoint_blocks(model: nn.Module, what: str) -> tuple[list[nn.Module], list[nn.Module]]:
+    describe = getattr(model, "checkpoint_blocks", None)
+    if describe is None:
+        raise ConfigError(f"{what}: {type(model).__name__} does not list its blocks (checkpoint_blocks)")
+    enc, dec = describe()
+    return list(enc), list(dec)
+
+
 def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
     """off | all (encoder + decoder blocks) | first:N (first N encoder blocks). → #wrapped."""
     if mode == "off":
         return 0
-    enc_blocks = getattr(getattr(model, "encoder", model), "blocks", None)
-    if enc_blocks is None:
-        raise ConfigError(f"engine.activation_checkpointing={mode}: {type(model).__name__} has no blocks")
+    enc_blocks, dec_blocks = _checkpoint_blocks(model, f"engine.activation_checkpointing={mode}")
     if mode == "all":
-        targets = list(enc_blocks)
-        dec = getattr(model, "decoder", None)
-        targets += list(getattr(dec, "blocks", []))
+        targets = enc_blocks + dec_blocks
     else:
         n = int(mode.split(":", 1)[1])
         if n > len(enc_blocks):
             raise ConfigError(f"engine.activation_checkpointing={mode}: the encoder has only "
                               f"{len(enc_blocks)} blocks; use first:{len(enc_blocks)} or all")
-        targets = list(enc_blocks[:n])
+        targets = enc_blocks[:n]
     for blk in targets:
         _checkpoint_forward(blk)
     return len(targets)
@@ -278,8 +292,8 @@ def apply_compile(model: nn.Module, backend: str = "inductor", mode: str = "") -
     the official ones, and blocks of one shape share one compiled graph (one for the encoder,
     one for the decoder: ViT-g's 40 blocks do not each recompile and hit dynamo's recompile
     limit). The gathers, the mask tokens and the loss stay eager."""
-    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
-    blocks += list(getattr(getattr(model, "decoder", None), "blocks", []))
+    enc_blocks, dec_blocks = _checkpoint_blocks(model, "engine.compile=true")
+    blocks = enc_blocks + dec_blocks
     if not blocks:
         raise ConfigError(f"engine.compile=true: {type(model).__name__} has no transformer blocks")
     kwargs = {"backend": backend, **({"mode": mode} if mode else {})}
@@ -299,7 +313,8 @@ def _zero3_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain") -> nn.Module:
+def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain",
+                    ds: Optional[MergedDS] = None) -> nn.Module:
     """The model as the engine will hold it. Under ZeRO-3 with engine.zero_init it is built
     inside deepspeed.zero.Init, so no rank ever holds more than its shard of the FP32 weights
     (a plain build costs 4.1 GB per rank for ViT-g, 8x per node); the published init then runs
@@ -310,7 +325,7 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain") -> n
     from giant.models import build_model
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    ds = check_ds_config(cfg, world)
+    ds = (ds or resolve_ds_config(cfg, world)).config
     if zero_stage(ds) != 3 or not cfg.engine.zero_init:
         return build_model(model_cfg, kind)
     with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"},
@@ -379,7 +394,7 @@ def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.devic
 
 def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
                  run_dir: Optional[Path] = None, rank: int = 0,
-                 load_universal: bool = False) -> tuple[Any, EngineInfo]:
+                 load_universal: bool = False, ds: Optional[MergedDS] = None) -> tuple[Any, EngineInfo]:
     """Apply the precision policy and activation checkpointing to `model`, merge configs, build
     param groups + AdamW, deepspeed.initialize. Writes ds_config.json. One place for this
     sequence, so training, `giant bench` and the tests run the very same engine.
@@ -387,8 +402,8 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     import deepspeed
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    src = find_ds_config(cfg.engine.ds_config)
-    ds, scale_cfg = merge_ds_config(load_ds_json(src), cfg, world, str(cfg.engine.ds_config))
+    merged = ds or resolve_ds_config(cfg, world)
+    ds, scale_cfg = copy.deepcopy(merged.config), merged.scale
     stage = zero_stage(ds)
     if cfg.precision.encoder == "fp16" and stage == 0:
         raise ConfigError(f"{cfg.engine.ds_config}: precision.encoder=fp16 needs ZeRO stage >= 1 "

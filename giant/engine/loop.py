@@ -129,6 +129,9 @@ class LoopHooks:
     # counters() gives this rank's values, agreed(totals) receives the sums on every rank
     counters: Optional[Callable[[], list]] = None
     agreed: Optional[Callable[[list], None]] = None
+    # collective: every rank calls it at the same steps (eval_every, and the last step);
+    # its scalars join that step's record
+    evaluate: Optional[Callable[[int], dict]] = None
 
 
 def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
@@ -173,7 +176,7 @@ def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
 def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Callable,
                scaler: LossScaler, hooks: LoopHooks, start_step: int, device: torch.device,
                checkpoint_every: int = 0, image_every: int = 0, stop_after: int = 0,
-               fp16: bool = False, flag: Optional[SignalFlag] = None) -> LoopResult:
+               fp16: bool = False, flag: Optional[SignalFlag] = None, eval_every: int = 0) -> LoopResult:
     """Run optimizer steps start_step..optim.total_steps; save on signals / every N / at the end.
 
     Pass `flag` when the handlers were installed earlier (a signal during start-up then stops
@@ -205,6 +208,9 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
                 scalars.update(hooks.throughput(step, seconds))
             if hooks.scalars is not None:
                 scalars.update(hooks.scalars(step))
+            if hooks.evaluate is not None and not stop and math.isfinite(loss) and (
+                    (eval_every and step % eval_every == 0) or step == optim.total_steps):
+                scalars.update(hooks.evaluate(step))  # before a save: the saved RNG follows it
             hooks.log_step(step, scalars)
             if not math.isfinite(loss):
                 raise TrainingError(

@@ -39,40 +39,50 @@ def low_precision_dtype(name: str) -> Optional[torch.dtype]:
     return DTYPES[name]
 
 
-def apply_precision(model: nn.Module, encoder_precision: str, device_type: str,
-                    low_module: str = "encoder") -> nn.Module:
-    """Run `model.<low_module>` under autocast; everything else with autocast OFF.
+def _low_modules(model: nn.Module, encoder_precision: str) -> list[nn.Module]:
+    describe = getattr(model, "low_precision_modules", None)
+    if describe is None:
+        raise ConfigError(f"precision.encoder={encoder_precision}: model {type(model).__name__} does "
+                          "not say which modules run in low precision (low_precision_modules)")
+    return list(describe())
+
+
+def apply_precision(model: nn.Module, encoder_precision: str, device_type: str) -> nn.Module:
+    """Run the model's `low_precision_modules()` under autocast; everything else with autocast OFF.
 
     Instance-level forward replacement: state_dict keys, hooks (ZeRO-3 gathers) and the class
-    are untouched. The low-precision module returns FP32 so the decoder's first matmul
-    (`encoder_to_decoder`) and everything after it runs in FP32.
+    are untouched. Each low-precision module returns FP32 so whatever follows (the decoder's
+    `encoder_to_decoder`, a classifier's fc_norm and head, the loss) runs in FP32.
     """
     dtype = low_precision_dtype(encoder_precision)
     if dtype is None or getattr(model, _WRAPPED, False):
         return model
-    sub = getattr(model, low_module, None)
-    if not isinstance(sub, nn.Module):
-        raise ConfigError(f"precision.encoder={encoder_precision}: model {type(model).__name__} "
-                          f"has no '{low_module}' submodule to run in low precision")
-    outer, inner = model.forward, sub.forward
+    subs = _low_modules(model, encoder_precision)
+    outer = model.forward
 
     @functools.wraps(outer)
     def fp32_forward(*args: Any, **kwargs: Any) -> Any:
-        # An ambient autocast (e.g. a user's) must not reach the decoder or the loss.
+        # An ambient autocast (e.g. a user's) must not reach the decoder, the head or the loss.
         with torch.autocast(device_type=device_type, enabled=False):
             return outer(*args, **kwargs)
 
+    for sub in subs:
+        sub.forward = _autocast_forward(sub.forward, device_type, dtype)
+    model.forward = fp32_forward
+    setattr(model, _WRAPPED, True)
+    log.debug("precision: %d module(s) of %s under %s autocast, rest fp32", len(subs),
+              type(model).__name__, dtype)
+    return model
+
+
+def _autocast_forward(inner: Any, device_type: str, dtype: torch.dtype) -> Any:
     @functools.wraps(inner)
     def low_forward(*args: Any, **kwargs: Any) -> Any:
         with torch.autocast(device_type=device_type, dtype=dtype, enabled=True):
             out = inner(*args, **kwargs)
         return out.float() if torch.is_tensor(out) else out
 
-    model.forward = fp32_forward
-    sub.forward = low_forward
-    setattr(model, _WRAPPED, True)
-    log.debug("precision: %s.%s under %s autocast, rest fp32", type(model).__name__, low_module, dtype)
-    return model
+    return low_forward
 
 
 @dataclass

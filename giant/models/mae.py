@@ -18,7 +18,8 @@ from einops import rearrange
 
 from giant.config import ModelConfig
 from giant.models.pos_embed import position_table
-from giant.models.vit import Block, VideoViT, gather_tokens, patch_dim, resolve_model_config
+from giant.models.vit import (Block, VideoViT, gather_tokens, patch_dim, resolve_model_config,
+                              vit_layer_id)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,6 +99,26 @@ class MaskedVideoAutoencoder(nn.Module):
             nn.init.zeros_(m.bias)
         elif m is self:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    # --- self-description for the engine (see VideoViT)
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    def layer_id(self, name: str) -> int:
+        if name == "mask_token":
+            return 0
+        return vit_layer_id(name, self.num_layers, prefix="encoder.")
+
+    def low_precision_modules(self) -> list[nn.Module]:
+        """The whole encoder; `encoder_to_decoder` onwards stays FP32 (SPEC §5)."""
+        return [self.encoder]
+
+    def checkpoint_blocks(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        return list(self.encoder.blocks), list(self.decoder.blocks)
 
     def forward_encoder(self, video_BCTHW: torch.Tensor, enc_keep_BK: torch.Tensor) -> torch.Tensor:
         return self.encoder(video_BCTHW, enc_keep_BK)

@@ -158,6 +158,28 @@ class VideoViT(nn.Module):
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1] * self.grid[2]
 
+    # --- how the engine asks about this model (timm's habit): it never parses names itself
+    def no_weight_decay(self) -> set[str]:
+        """Named parameters that skip weight decay beyond the 1-D rule (none here: the
+        position table is a fixed buffer)."""
+        return set()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """SPEC §5 layer-wise lr decay: patch embed 0, block k → k+1, everything after → L+1."""
+        return vit_layer_id(name, self.num_layers)
+
+    def low_precision_modules(self) -> list[nn.Module]:
+        """What the precision policy runs in FP16/BF16: the cube embedding and the blocks."""
+        return [self.patch_embed, *self.blocks]
+
+    def checkpoint_blocks(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """(encoder blocks, decoder blocks) that activation checkpointing / compile may wrap."""
+        return list(self.blocks), []
+
     def embed(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         """Cube embedding plus the fixed table: (B, N, D)."""
         x_BND = self.patch_embed(x_BCTHW)
@@ -175,6 +197,19 @@ class VideoViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+
+def vit_layer_id(name: str, num_layers: int, prefix: str = "") -> int:
+    """Layer index of parameter `name` (official `get_num_layer_for_vit`); `prefix` is where
+    the ViT sits inside a larger model (`encoder.`). Parameters outside it → L+1."""
+    if prefix and not name.startswith(prefix):
+        return num_layers + 1
+    short = name[len(prefix):]
+    if short.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
+        return 0
+    if short.startswith("blocks."):
+        return int(short.split(".", 2)[1]) + 1
+    return num_layers + 1
 
 
 def gather_tokens(x_BND: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:

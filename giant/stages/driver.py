@@ -1,0 +1,339 @@
+"""The one stage driver: every stage (pre-train, fine-tune, distil) runs through `run_stage`.
+
+A stage supplies only what is specific to it (the `Stage` hooks: model kind, weights to start
+from, data, step function, evaluation, extra scalars/images and artifacts). The driver owns the
+run lifecycle once for all of them: config resolution (the DeepSpeed JSON is merged ONCE), the
+process group, the resume plan (incl. re-sharding), engine build, signals and the
+PREEMPTED/ERROR markers, the step loop, cross-rank failure counting, logging, checkpoints, the
+final export and summary, and the argparse/logging `main`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from giant.config import RunConfig, dump_config, load_config, to_dict
+from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
+                                     export_weights, needs_reshard, prepare_universal, read_meta)
+from giant.engine.deepspeed import (MergedDS, build_engine, construct_model, init_distributed,
+                                    resolve_ds_config)
+from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
+from giant.errors import GiantError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """What the driver knows once the process group exists; handed to every stage hook."""
+
+    cfg: RunConfig  # resolved: model sizes filled, absolute lr (after the engine is built)
+    model_cfg: Any
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    ds: MergedDS
+    engine: Any = None
+    info: Any = None
+    start_step: int = 0
+    metrics: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+class Stage:
+    """Base of every stage. Override what differs; the defaults are the common case."""
+
+    kind = "pretrain"  # recorded in checkpoints and model.json; checked on resume
+    model_kind = "pretrain"  # giant.models.build_model kind
+    description = ""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    # -- before the engine
+    def model_config(self, cfg: RunConfig) -> Any:
+        return cfg.model.resolved()
+
+    def init_weights(self, ctx: RunContext, model: torch.nn.Module) -> None:
+        """Load `checkpoint.init_from` (a previous stage's artifact) into the fresh model."""
+
+    # -- after the engine
+    def data(self, ctx: RunContext) -> tuple[EpochBatches, Any]:
+        """(training batches, FailureTracker) for this rank."""
+        raise NotImplementedError
+
+    def step_fn(self, ctx: RunContext, failures: "GlobalFailures") -> Callable:
+        """`step(engine, batch) -> (loss, output)`; call `failures.add(batch)` first."""
+        raise NotImplementedError
+
+    def flops_per_clip(self, ctx: RunContext) -> float:
+        return 0.0
+
+    def states(self, ctx: RunContext) -> dict:
+        """Extra objects with state_dict/load_state_dict saved in every checkpoint."""
+        return {}
+
+    def scalars(self, ctx: RunContext, step: int) -> dict:
+        return {}
+
+    def image(self, ctx: RunContext, step: int, batch: dict, out: Any) -> Optional[str]:
+        return None
+
+    def evaluate(self, ctx: RunContext, step: int) -> dict:
+        """Collective (every rank calls it at the same step); scalars to log, e.g. val/top1."""
+        return {}
+
+    def meta(self, ctx: RunContext) -> dict:
+        """Stage-specific fields checked on resume / written into model.json."""
+        return {}
+
+    def finish(self, ctx: RunContext, art: dict) -> None:
+        """Add artifacts (rank 0 and others) once the loop has ended."""
+
+
+class GlobalFailures:
+    """Skip-and-count across ranks: each rank's counts ride on the loop's per-step all-reduce
+    (LoopHooks.counters/agreed), so every rank sees the same totals and raises at the same
+    step (a lone rank raising would leave its peers waiting in a collective); the totals
+    survive a resume (checkpoint client state is rank 0's)."""
+
+    def __init__(self, tracker: Any, rank: int):
+        self.tracker, self.rank = tracker, rank
+        self.attempts = self.failed = 0  # global totals as of the last step
+
+    def add(self, batch: dict) -> None:
+        self.tracker.add(batch["num_videos"], batch["num_failed"], batch["failed_paths"],
+                         batch.get("failed_reasons"))
+
+    def counters(self) -> list:
+        return [self.tracker.attempts, self.tracker.failed]
+
+    def agreed(self, totals: list) -> None:
+        self.attempts, self.failed = int(totals[0]), int(totals[1])
+        self.tracker.check(self.attempts, self.failed)
+
+    def state_dict(self) -> dict:  # saves happen after a step's agreement: totals are current
+        return {"attempts": self.attempts, "failed": self.failed, "first": list(self.tracker.first)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.attempts, self.failed = int(state["attempts"]), int(state["failed"])
+        if self.rank == 0:  # the saved totals re-enter the sums through one rank only
+            self.tracker.load_state_dict(state)
+
+
+def stage_meta(stage: Stage, cfg: RunConfig, model_cfg: Any, world: int, zero: int,
+               global_batch: int, extra: Optional[dict] = None) -> dict:
+    model = to_dict(model_cfg)
+    return {"kind": stage.kind, "stage": stage.kind, "world_size": world, "zero_stage": zero,
+            "global_batch_clips": global_batch,
+            "model": {k: model[k] for k in ARCH_KEYS if k in model}, "model_full": model,
+            "mask": to_dict(cfg.mask), "config": to_dict(cfg), **(extra or {})}
+
+
+def _plan_resume(stage: Stage, cfg: RunConfig, ckpt: CheckpointManager, model_cfg: Any, world: int,
+                 ds: MergedDS) -> tuple[Optional[tuple[Path, str]], bool]:
+    """Before the engine exists: which checkpoint to resume, and whether it must be re-sharded
+    (then it is converted now, so the engine can be built to load it)."""
+    found = ckpt.find(cfg.checkpoint.resume)
+    if found is None:
+        return None, False
+    expect = stage_meta(stage, cfg, model_cfg, world, ds.zero_stage, ds.config["train_batch_size"])
+    meta = read_meta(found[0] / found[1])
+    check_compatible(meta, expect, found[0] / found[1])  # a wrong model fails before converting
+    universal = needs_reshard(meta, expect)
+    if universal:
+        check_reshardable(meta, expect, found[0] / found[1])
+        prepare_universal(*found)
+    return found, universal
+
+
+def _resume(found: Optional[tuple[Path, str]], ckpt: CheckpointManager, engine: Any, meta: dict,
+            states: dict) -> int:
+    if found is None:
+        return 0
+    client = ckpt.load(engine, found[0], found[1], meta)
+    for name, obj in states.items():
+        if name in client.get("states", {}):
+            obj.load_state_dict(client["states"][name])
+    return int(client["step"])
+
+
+def _finish(stage: Stage, ctx: RunContext, result: Any, ckpt_root: Path, images: list) -> dict:
+    run_dir, rank = ctx.run_dir, ctx.rank
+    art = {"stage": stage.kind, "run_dir": str(run_dir), "config": str(run_dir / "config.yaml"),
+           "ds_config": str(run_dir / "ds_config.json"), "metrics": str(run_dir / "metrics.jsonl"),
+           "tensorboard": str(run_dir / "tensorboard"), "images": images,
+           "checkpoint": result.last_checkpoint, "steps": result.steps_done, "reason": result.reason,
+           "first_loss": result.first_loss, "last_loss": result.last_loss,
+           "skipped_steps": result.skipped_steps}
+    stage.finish(ctx, art)
+    if result.reason == "completed":  # also when a finished run is relaunched: re-export latest
+        if rank == 0:  # consolidate for the next stage (any ZeRO stage, no process group needed)
+            weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)})
+            art.update(weights=str(weights), model_json=str(model_json))
+        # no barrier: other ranks have nothing left to do, and waiting in a collective while
+        # rank 0 consolidates a ViT-g checkpoint could outlast the process-group timeout
+    if result.reason.startswith("signal") and rank == 0:
+        (run_dir / "PREEMPTED").write_text(result.reason + "\n")  # launch/slurm requeues on it
+    if rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(art, indent=2) + "\n")
+    return art
+
+
+def run_stage(stage: Stage) -> dict:
+    """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks."""
+    ds = resolve_ds_config(stage.cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
+    # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
+    # end in a clean save + PREEMPTED marker, not the default kill
+    flag = SignalFlag()
+    try:
+        return _run(stage, ds, flag)
+    finally:
+        flag.restore()  # idempotent; also when start-up fails before the loop
+
+
+def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
+    from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
+
+    cfg = stage.cfg
+    rank, world, _, device = init_distributed(cfg)
+    run_dir = Path(cfg.stage.run_dir)
+    if rank == 0:
+        (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew
+    model_cfg = stage.model_config(cfg)
+    ctx = RunContext(cfg=cfg, model_cfg=model_cfg, rank=rank, world=world, device=device,
+                     run_dir=run_dir, ds=ds)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+    found, universal = _plan_resume(stage, cfg, ckpt, model_cfg, world, ds)
+    torch.manual_seed(cfg.stage.seed)  # identical init on every rank (ZeRO-3 keeps local shards)
+    model = construct_model(cfg, model_cfg, stage.model_kind, ds=ds)
+    stage.init_weights(ctx, model)
+    engine, info = build_engine(model, cfg, device, run_dir, rank, load_universal=universal, ds=ds)
+    ctx.cfg = resolved = dataclasses.replace(cfg, model=model_cfg, optim=info.optim)
+    ctx.engine, ctx.info = engine, info
+    if rank == 0:
+        dump_config(resolved, run_dir / "config.yaml")
+    torch.manual_seed(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path)
+    batches, local_tracker = stage.data(ctx)
+    failures = GlobalFailures(local_tracker, rank)
+    meta = stage_meta(stage, resolved, model_cfg, world, info.zero_stage, info.global_batch_clips,
+                      stage.meta(ctx))
+    states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": failures,
+              **stage.states(ctx)}
+    ctx.start_step = start = _resume(found, ckpt, engine, meta, states)
+
+    def save(step: int) -> str:
+        client = {"step": step, "states": {k: v.state_dict() for k, v in states.items()},
+                  "config": to_dict(resolved)}
+        return str(ckpt.save(engine, step, client, meta))
+
+    ctx.metrics = metrics = MetricsLogger(
+        run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard, log_every=cfg.logging.log_every,
+        progress=cfg.logging.progress, total_steps=cfg.optim.total_steps, resume_step=start)
+    tput = Throughput(stage.flops_per_clip(ctx), device, cfg.precision.encoder, world)
+    images: list[str] = []
+
+    def image(step: int, batch: dict, out: Any) -> None:
+        path = stage.image(ctx, step, batch, out)
+        if path:
+            images.append(str(path))
+
+    def scalars(step: int) -> dict:
+        epoch = batches.state_dict().get("epoch", 0)
+        return {"epoch": epoch, "data_failures": failures.failed, **stage.scalars(ctx, step)}
+
+    hooks = LoopHooks(save=save, log_step=metrics.log_step, scalars=scalars, image=image,
+                      throughput=lambda step, s: {**tput.update(info.global_batch_clips, s),
+                                                  **memory_stats(device)},
+                      counters=failures.counters, agreed=failures.agreed,
+                      evaluate=lambda step: stage.evaluate(ctx, step))
+    log.info("%s %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s", stage.kind,
+             model_cfg.name, start, cfg.optim.total_steps, world, info.global_batch_clips, run_dir)
+    try:
+        result = train_loop(engine, info.optim, batches, stage.step_fn(ctx, failures), info.loss_scaler,
+                            hooks, start, device, checkpoint_every=cfg.checkpoint.every_steps,
+                            image_every=cfg.logging.image_every, stop_after=cfg.stage.stop_after,
+                            fp16=cfg.precision.encoder == "fp16", flag=flag,
+                            eval_every=cfg.stage.eval_every)
+        return _finish(stage, ctx, result, ckpt.root, images)
+    finally:
+        metrics.close()
+
+
+# ----------------------------------------------------------------------------- entry points
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+    logging.getLogger("giant").setLevel(level)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # giant logs the engine summary itself
+    # DeepSpeed 0.19 calls a collective torch 2.x deprecates; one warning per rank per run is noise.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+
+
+def parse_args(argv: Optional[list], prog: str, description: str,
+               defaults: Optional[list] = None) -> RunConfig:
+    """`--recipe R.yaml --ds DS.json [k=v ...]` → RunConfig (`defaults` go before the recipe's
+    own overrides, e.g. the stage name)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--recipe", help="recipe YAML (launch/recipes/*.yaml)")
+    p.add_argument("--ds", help="DeepSpeed JSON (ds_configs/*.json); same as engine.ds_config=...")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=3e-4 stage.run_dir=runs/x")
+    args = p.parse_intermixed_args(argv)  # overrides may come before, between or after options
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    overrides = list(defaults or []) + list(args.overrides)
+    overrides += [f"engine.ds_config={args.ds}"] if args.ds else []
+    return load_config(args.recipe, overrides)
+
+
+def stage_main(make_stage: Callable[[RunConfig], Stage], argv: Optional[list], prog: str,
+               description: str, defaults: Optional[list] = None) -> int:
+    """What `launch/<stage>.py` and `giant <stage>` run: parse, run, exit 0 / 2 (GiantError)."""
+    setup_logging()
+    cfg = None
+    try:
+        cfg = parse_args(argv, prog, description, defaults)
+        art = run_stage(make_stage(cfg))
+    except GiantError as exc:
+        log.error("%s", exc)
+        if cfg is not None and int(os.environ.get("RANK", "0")) == 0:
+            mark_error(Path(cfg.stage.run_dir), exc)
+        return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("done (%s): %d steps, loss %s → %s; run dir %s", art["reason"], art["steps"],
+                 _fmt(art["first_loss"]), _fmt(art["last_loss"]), art["run_dir"])
+    return 0
+
+
+def mark_error(run_dir: Path, exc: Exception) -> None:
+    """RUN_DIR/ERROR: the batch script must not requeue a run a person has to fix, whatever
+    exit code the launcher reports once it has killed the other ranks."""
+    if not run_dir.is_dir():  # failed before starting: leave no run dir behind; exit 2 says it
+        return
+    try:
+        (run_dir / "ERROR").write_text(f"{type(exc).__name__}: {exc}\n")
+    except OSError:
+        pass  # the run dir itself may be the problem; the exit code still says 2
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -105,6 +105,7 @@ class DataConfig:
     sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
     rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # fine-tune RandAugment; "" = off
     flip: bool = True  # fine-tune horizontal flip (false for Something-Something)
+    train_scale: list = field(default_factory=lambda: [0.08, 1.0])  # fine-tune random resized crop area range
     reprob: float = 0.25  # fine-tune cube random-erasing probability
     test_temporal_views: int = 5  # multi-view test: K temporal clips (SSv2: 2)
     test_spatial_views: int = 3  # ...× S spatial crops along the long side
@@ -132,6 +133,21 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: Optional[float] = None
     layer_decay: Optional[float] = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Supervised stages (post-pre-train, fine-tune, distil): targets and head (SPEC §4-5).
+    Mixup/CutMix/label smoothing are timm's; mixup and cutmix 0 turn mixing off."""
+
+    mixup: float = 0.8  # Beta(α, α) for Mixup; 0 = off
+    cutmix: float = 1.0  # Beta(α, α) for CutMix; 0 = off
+    mixup_prob: float = 1.0  # probability of mixing a batch at all
+    mixup_switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+    label_smoothing: float = 0.1
+    # JSON list of head rows (`giant data k710 rowmap`): slice a K710 head to K400/600/700
+    head_rowmap: str = ""
+    eval_batch_size: int = 0  # videos per rank per validation forward; 0 = optim.batch_size
 
 
 @dataclass
@@ -195,6 +211,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -317,6 +334,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.optim.warmup_steps > cfg.optim.total_steps:
         raise ConfigError(
             f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds optim.total_steps={cfg.optim.total_steps}")
+    ft = cfg.finetune
+    for key in ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "label_smoothing"):
+        if getattr(ft, key) < 0:
+            raise ConfigError(f"finetune.{key}={getattr(ft, key)}: must be >= 0")
+    if ft.label_smoothing >= 1 or ft.mixup_prob > 1 or ft.mixup_switch_prob > 1:
+        raise ConfigError("finetune.label_smoothing must be < 1, mixup_prob and mixup_switch_prob <= 1")
     act = cfg.engine.activation_checkpointing
     if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
         raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")

@@ -199,9 +199,11 @@ class LabeledClips(VideoDataset):
                  num_sample: int = 1, rand_augment: str = "rand-m7-n4-mstd0.5-inc1",
                  flip: bool = True, reprob: float = 0.25, short_side: int = 224,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 backend: str = "decord", seed: int = 0, max_retries: int = 10):
+                 backend: str = "decord", seed: int = 0, max_retries: int = 10,
+                 train_scale=(0.08, 1.0)):
         super().__init__(entries, backend, seed, max_retries)
         _check_labels(self.entries, "LabeledClips")
+        self.train_scale = tuple(train_scale)
         _check_sampling(sampling)
         self.num_frames, self.size, self.sampling_rate = num_frames, size, sampling_rate
         self.sampling, self.train = sampling, train
@@ -218,7 +220,7 @@ class LabeledClips(VideoDataset):
         entries = load_entries(_manifest_for(cfg, split), d.root, "labeled", cfg.stage.seed)
         return cls(entries, cfg.model.num_frames, cfg.model.img_size, d.sampling_rate, d.sampling,
                    split == "train", d.num_sample, d.rand_augment, d.flip, d.reprob, d.short_side,
-                   d.mean, d.std, d.backend, cfg.stage.seed, d.max_retries)
+                   d.mean, d.std, d.backend, cfg.stage.seed, d.max_retries, d.train_scale)
 
     def _indices(self, start: int, end: int, rng) -> np.ndarray:
         rng = rng if self.train else None
@@ -230,7 +232,7 @@ class LabeledClips(VideoDataset):
         if self.randaug is not None:
             video = self.randaug(video, int(rng.integers(2 ** 62)))
         h, w = video.shape[-2:]
-        video = crop_resize(video, random_resized_crop_box(h, w, rng), self.size)
+        video = crop_resize(video, random_resized_crop_box(h, w, rng, self.train_scale), self.size)
         if self.flip and rng.random() < 0.5:
             video = video.flip(-1)
         return cube_erase(video, rng, self.reprob, self.mean, self.std)  # [T, C, H, W]

@@ -345,16 +345,16 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain",
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """load_state_dict(strict=False) that also fills a ZeRO-3-partitioned model, one gathered
     module at a time (rank 0 writes, DeepSpeed broadcasts). → (missing, unexpected) keys."""
+    shapes = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters()}
+    bad = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
+    if bad:
+        raise ConfigError(f"weights do not fit this model: {bad[0]} is {tuple(state[bad[0]].shape)} "
+                          f"in the file, {shapes[bad[0]]} in the model ({len(bad)} tensors differ)")
     if not _zero3_partitioned(model):
         missing, unexpected = model.load_state_dict(state, strict=False)
         return list(missing), list(unexpected)
     import deepspeed
 
-    shapes = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters()}
-    bad = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
-    if bad:
-        raise ConfigError(f"weights do not fit this model: {bad[0]} is {tuple(state[bad[0]].shape)} "
-                          f"in the file, {shapes[bad[0]]} in the model")
     missing = [k for k in shapes if k not in state]
     unexpected = [k for k in state if k not in shapes]
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

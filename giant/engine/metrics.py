@@ -139,7 +139,7 @@ class MetricsLogger:
         if self._tb is not None:
             for key, value in clean.items():
                 if math.isfinite(value):
-                    self._tb.add_scalar(f"train/{key}", value, step)
+                    self._tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(loss=clean.get("loss"))

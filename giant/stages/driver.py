@@ -190,6 +190,18 @@ def _finish(stage: Stage, ctx: RunContext, result: Any, ckpt_root: Path, images:
     return art
 
 
+def _seed_runtime(seed: int) -> None:
+    """torch, numpy and random: timm's Mixup draws from numpy's global generator, so an unseeded
+    numpy would make two identical runs (and a run and its resume) differ."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def run_stage(stage: Stage) -> dict:
     """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks."""
     ds = resolve_ds_config(stage.cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
@@ -223,8 +235,12 @@ def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
     ctx.engine, ctx.info = engine, info
     if rank == 0:
         dump_config(resolved, run_dir / "config.yaml")
-    torch.manual_seed(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path)
+    _seed_runtime(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path, mixup)
     batches, local_tracker = stage.data(ctx)
+    loader = getattr(batches, "loader", None)
+    if loader is not None:  # iter(loader) would otherwise draw its base seed from the global
+        # torch RNG, shifting drop path after a resume (which re-creates it at another step)
+        loader.generator = torch.Generator().manual_seed(cfg.stage.seed + rank)
     failures = GlobalFailures(local_tracker, rank)
     meta = stage_meta(stage, resolved, model_cfg, world, info.zero_stage, info.global_batch_clips,
                       stage.meta(ctx))

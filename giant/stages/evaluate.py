@@ -1,0 +1,209 @@
+"""Multi-view evaluation: K temporal clips × S spatial crops per video, video score = mean of
+per-view softmax (SPEC §4). `giant evaluate RUN_DIR_OR_WEIGHTS` / `deepspeed launch/evaluate.py`.
+
+Each video is decoded once for all its views (TestViews) and forwarded as one batch of its
+views, so a video's score does not depend on how videos are split over ranks: a 2-rank result
+equals a 1-rank one. The test set is sharded with padding (every rank runs the same number of
+forwards) and the scores are gathered with torch.distributed, never through text files on a
+shared filesystem; padding duplicates are dropped so every video counts once. Unreadable videos
+are reported and counted, with accuracy given both over readable videos and over all.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from giant.config import RunConfig, load_config
+from giant.errors import ConfigError, GiantError
+from giant.stages.sharding import PaddedShardSampler, all_gather_rows
+
+log = logging.getLogger(__name__)
+
+
+def _config_from(target: Optional[str], recipe: Optional[str], overrides: list[str]) -> RunConfig:
+    """A run dir's own config.yaml (model + data) is the base; the recipe and overrides win."""
+    tree_overrides: list[str] = []
+    if target:
+        p = Path(target)
+        run_cfg = p / "config.yaml" if p.is_dir() else p.parent / "config.yaml"
+        if run_cfg.is_file() and not recipe:
+            recipe = str(run_cfg)
+        tree_overrides.append(f"checkpoint.init_from={target}")
+    return load_config(recipe, tree_overrides + overrides)
+
+
+def _model_cfg(cfg: RunConfig) -> Any:
+    from giant.stages.weights import artifact_model
+
+    art = artifact_model(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None
+    if art is None:
+        raise ConfigError(f"evaluate: {cfg.checkpoint.init_from or '(nothing)'} holds no model.json: "
+                          "point it at a run dir with weights.safetensors (fine-tune first, or `giant export`)")
+    fields = {f.name for f in dataclasses.fields(cfg.model)}
+    model_cfg = dataclasses.replace(cfg.model, **{k: v for k, v in art.items() if k in fields})
+    if model_cfg.num_classes < 1:
+        raise ConfigError(f"{cfg.checkpoint.init_from}: the weights are not a classifier "
+                          "(num_classes 0); evaluate a fine-tuned run")
+    return model_cfg.resolved()
+
+
+def build_eval_model(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    from giant.engine.checkpoint import load_weights
+    from giant.engine.precision import apply_precision
+    from giant.models import build_model
+
+    model_cfg = _model_cfg(cfg)
+    model = build_model(model_cfg, "classifier", init=False)
+    state, _ = load_weights(cfg.checkpoint.init_from)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{cfg.checkpoint.init_from}: weights do not fit the classifier "
+                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    apply_precision(model, cfg.precision.encoder, device.type)
+    return model.to(device).eval(), model_cfg
+
+
+@torch.no_grad()
+def score_videos(model: torch.nn.Module, loader: Any, device: torch.device, mean, std,
+                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per video in this rank's shard: (index, label, valid, mean softmax over its views)."""
+    from giant.data import normalize_on_device
+
+    rows_i, rows_y, rows_v, rows_s = [], [], [], []
+    for batch in loader:
+        for b in range(batch["video"].shape[0]):  # one video = one forward of its views
+            x = normalize_on_device(batch["video"][b].to(device), mean, std)
+            rows_s.append(model(x).float().softmax(dim=-1).mean(dim=0).cpu())
+        rows_i.append(batch["index"])
+        rows_y.append(batch["label"])
+        rows_v.append(batch["valid"])
+    if not rows_s:
+        return (torch.zeros(0, dtype=torch.long),) * 2 + (torch.zeros(0, dtype=torch.bool),
+                                                         torch.zeros(0, num_classes))
+    return torch.cat(rows_i), torch.cat(rows_y), torch.cat(rows_v), torch.stack(rows_s)
+
+
+def summarise(index: np.ndarray, label: np.ndarray, valid: np.ndarray, scores: np.ndarray,
+              num_classes: int) -> dict:
+    """Accuracy over readable videos and over all (unreadable = wrong), per-class accuracy,
+    confusion matrix (rows = truth)."""
+    pred = scores.argmax(1)
+    k = min(5, num_classes)
+    top5 = np.argsort(-scores, axis=1)[:, :k]
+    hit1 = (pred == label) & valid
+    hit5 = (top5 == label[:, None]).any(1) & valid
+    n_ok, n_all = int(valid.sum()), len(label)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (label[valid], pred[valid]), 1)
+    per_class = {int(c): (float(confusion[c, c] / confusion[c].sum() * 100) if confusion[c].sum() else None)
+                 for c in range(num_classes)}
+    return {"videos": n_all, "readable": n_ok, "unreadable": n_all - n_ok,
+            "top1": 100.0 * hit1.sum() / max(n_ok, 1), "top5": 100.0 * hit5.sum() / max(n_ok, 1),
+            "top1_all": 100.0 * hit1.sum() / max(n_all, 1), "top5_all": 100.0 * hit5.sum() / max(n_all, 1),
+            "per_class_top1": per_class, "confusion": confusion.tolist()}
+
+
+def confusion_png(confusion: np.ndarray, path: Path, cell: int = 0) -> None:
+    """Row-normalised confusion matrix as a heat map (white = 0, dark blue = 1), truth on rows."""
+    from PIL import Image
+
+    c = np.asarray(confusion, dtype=np.float64)
+    norm = c / np.maximum(c.sum(1, keepdims=True), 1)
+    cell = cell or max(1, min(32, 800 // max(len(c), 1)))
+    rgb = np.stack([255 * (1 - norm), 255 * (1 - 0.7 * norm), 255 * (1 - 0.2 * norm)], -1)
+    img = np.kron(rgb, np.ones((cell, cell, 1))).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def _write_outputs(out_dir: Path, entries: list, idx: np.ndarray, label: np.ndarray, valid: np.ndarray,
+                   scores: np.ndarray, result: dict, class_names: Optional[list]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "path", "label", "pred", "top5", "score_pred", "score_label", "readable"])
+        for i, y, v, s in zip(idx, label, valid, scores):
+            order = np.argsort(-s)[:5]
+            w.writerow([int(i), entries[int(i)].path, int(y), int(order[0]), " ".join(map(str, order)),
+                        f"{s[order[0]]:.6f}", f"{s[int(y)]:.6f}", int(v)])
+    confusion_png(np.asarray(result["confusion"]), out_dir / "confusion.png")
+    if class_names:
+        result["class_names"] = class_names
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
+    """Collective over all ranks; rank 0 writes results.json, predictions.csv, confusion.png."""
+    from giant.data import TestViews, collate_test, make_loader
+    from giant.engine.deepspeed import init_distributed
+
+    rank, world, _, device = init_distributed(cfg)
+    model, model_cfg = build_eval_model(cfg, device)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    if not (cfg.data.test_manifest or cfg.data.val_manifest):
+        raise ConfigError("evaluate: data.test_manifest (or data.val_manifest) is empty")
+    dataset = TestViews.from_config(cfg, "test")
+    sampler = PaddedShardSampler(len(dataset), rank, world, batch=1)
+    loader = make_loader(dataset, sampler, 1, cfg.data.num_workers, collate_test,
+                         timeout=cfg.data.loader_timeout_s)
+    mean = torch.tensor(cfg.data.mean, device=device)
+    std = torch.tensor(cfg.data.std, device=device)
+    idx, label, valid, scores = score_videos(model, loader, device, mean, std, model_cfg.num_classes)
+    real = sampler.real_mask()
+    packed = torch.cat([idx[:, None].double(), label[:, None].double(), (valid & real)[:, None].double(),
+                        real[:, None].double(), scores.double()], 1).to(device)
+    gathered = all_gather_rows(packed).cpu().numpy()
+    gathered = gathered[gathered[:, 3] > 0]  # padding duplicates out: each video once
+    gathered = gathered[np.argsort(gathered[:, 0], kind="stable")]
+    g_idx, g_lab = gathered[:, 0].astype(np.int64), gathered[:, 1].astype(np.int64)
+    g_valid, g_scores = gathered[:, 2] > 0, gathered[:, 4:]
+    result = summarise(g_idx, g_lab, g_valid, g_scores, model_cfg.num_classes)
+    result.update(views=dataset.num_views, temporal=dataset.num_temporal, spatial=dataset.num_spatial,
+                  world_size=world, weights=str(cfg.checkpoint.init_from))
+    out = Path(out_dir or (Path(cfg.checkpoint.init_from) / "eval"
+                           if Path(cfg.checkpoint.init_from).is_dir() else cfg.stage.run_dir))
+    if rank == 0:
+        _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
+        log.info("evaluated %d videos × %d views: top-1 %.2f top-5 %.2f (%d unreadable; over all "
+                 "videos top-1 %.2f); results in %s", result["videos"], dataset.num_views,
+                 result["top1"], result["top5"], result["unreadable"], result["top1_all"], out)
+    result["out_dir"] = str(out)
+    return result
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`giant evaluate RUN_DIR_OR_WEIGHTS [--recipe R] [--out DIR] [k=v ...]` (any launcher)."""
+    from giant.stages.driver import setup_logging
+
+    setup_logging()
+    p = argparse.ArgumentParser(prog="giant evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("target", nargs="?", help="fine-tuned run dir or weights dir (weights.safetensors + "
+                   "model.json); its config.yaml supplies the data settings")
+    p.add_argument("--recipe", help="recipe YAML instead of the run dir's config.yaml")
+    p.add_argument("--out", help="output dir (default: TARGET/eval)")
+    p.add_argument("--ds", help="accepted for launcher symmetry; evaluation needs no DeepSpeed JSON")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.test_manifest=... "
+                   "data.test_temporal_views=2")
+    args = p.parse_intermixed_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        cfg = _config_from(args.target, args.recipe, args.overrides)
+        run(cfg, args.out)
+    except GiantError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+

@@ -32,7 +32,8 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
     d = path if path.is_dir() else path.parent
-    if (d / WEIGHTS).is_file() and (d / MODEL_JSON).is_file() and (path.is_dir() or path.name in (WEIGHTS, MODEL_JSON)):
+    named = path.is_dir() or path.name in (WEIGHTS, MODEL_JSON)
+    if named and (d / WEIGHTS).is_file() and (d / MODEL_JSON).is_file():
         return "giant"
     if (d / CONFIG).is_file() and (path.is_dir() or path.suffix in (".safetensors", ".bin", ".json")):
         return "hf"
@@ -53,7 +54,10 @@ def load_any(path: str | Path, overrides: Optional[dict] = None, trust_pickle: b
 
             from giant.config import ModelConfig, to_dict
 
+            from giant.interop.layout import check_fit
+
             cfg = dataclasses.replace(ModelConfig(**info["model"]), **overrides).resolved()
+            check_fit(state, cfg, info["kind"], str(path))  # an override must not reshape the model
             info = {**info, "model": to_dict(cfg)}
         return state, info, fmt
     if fmt == "hf":

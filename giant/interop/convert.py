@@ -105,6 +105,7 @@ def main(argv: Optional[list] = None) -> int:
     from giant.config import ModelConfig
 
     cfg = ModelConfig(**info["model"]).resolved()
+    unknown = f"; input size not recorded ({', '.join(info['unknown'])})" if info.get("unknown") else ""
     out(f"convert: {args.src} ({fmt}) -> {dst} ({args.to}): {layout.describe(cfg, info['kind'])}, "
-        f"{sum(t.numel() for t in state.values()):,} parameters")
+        f"{sum(t.numel() for t in state.values()):,} parameters{unknown}")
     return 0

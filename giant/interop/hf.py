@@ -74,15 +74,6 @@ def key_table(cfg: ModelConfig, kind: str, bias_style: str = "5.x") -> list[tupl
     return table
 
 
-def installed_bias_style(hf_config) -> str:
-    """'4.x' or '5.x' naming of the attention biases in the installed transformers."""
-    from transformers import VideoMAEModel
-
-    with torch.device("meta"):
-        keys = VideoMAEModel(hf_config).state_dict().keys()
-    return "4.x" if any(k.endswith("attention.attention.q_bias") for k in keys) else "5.x"
-
-
 def to_hf_state(state: dict, cfg: ModelConfig, kind: str, bias_style: str = "5.x") -> dict:
     out = {}
     for gkey, hkeys in key_table(cfg, kind, bias_style):
@@ -99,10 +90,11 @@ def from_hf_state(hf: dict, cfg: ModelConfig, kind: str, src: str) -> dict:
     missing = [h for _, hkeys in table for h in hkeys if h not in hf]
     unexpected = [k for k in hf if k not in used]
     if missing or unexpected:
-        parts = [f"{label} {layout._listed(items)}" for label, items in
+        parts = [f"{label} {layout.listed(items)}" for label, items in
                  (("unexpected", unexpected), ("missing", missing)) if items]
-        raise CheckpointError(f"{src}: {len(missing) + len(unexpected)} tensor(s) do not fit the model "
-                              f"its config.json describes, a {layout.describe(cfg, kind)}: {'; '.join(parts)}")
+        raise CheckpointError(
+            f"{src}: {len(missing) + len(unexpected)} tensor(s) do not fit the model its config.json "
+            f"describes, a {layout.describe(cfg, kind)}: {'; '.join(parts)}")
     out = {}
     for gkey, hkeys in table:
         parts = [hf[h].float() for h in hkeys]
@@ -113,8 +105,8 @@ def from_hf_state(hf: dict, cfg: ModelConfig, kind: str, src: str) -> dict:
 
 def hf_config_dict(cfg: ModelConfig, kind: str, labels: Optional[list[str]] = None) -> dict:
     """VideoMAEConfig arguments describing a giant model."""
-    if cfg.pos_grid and tuple(cfg.pos_grid) != (cfg.num_frames // cfg.tubelet_size,
-                                                cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size):
+    side = cfg.img_size // cfg.patch_size
+    if cfg.pos_grid and tuple(cfg.pos_grid) != (cfg.num_frames // cfg.tubelet_size, side, side):
         raise CheckpointError(f"model.pos_grid={cfg.pos_grid} (a resampled position table) has no "
                               "transformers equivalent; HF builds the table for its own grid")
     conf = dict(image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=cfg.in_chans,
@@ -225,12 +217,13 @@ def save_hf(out_dir: str | Path, state: dict, info: dict) -> Path:
 
     cfg, kind = ModelConfig(**info["model"]).resolved(), info["kind"]
     hf_conf = VideoMAEConfig(**hf_config_dict(cfg, kind, info.get("labels")))
-    style = installed_bias_style(hf_conf)
+    expected = hf_model_keys(hf_conf, kind)  # the installed version's names decide 4.x vs 5.x
+    style = "4.x" if any(k.endswith("attention.attention.q_bias") for k in expected) else "5.x"
     tensors = to_hf_state(state, cfg, kind, style)
-    expected = hf_model_keys(hf_conf, kind)
     if set(tensors) != expected:  # the installed transformers renamed something: say what
         raise CheckpointError(f"the installed transformers' {ARCH[kind]} expects other keys: missing "
-                              f"{sorted(expected - set(tensors))[:5]}, extra {sorted(set(tensors) - expected)[:5]}")
+                              f"{sorted(expected - set(tensors))[:5]}, "
+                              f"extra {sorted(set(tensors) - expected)[:5]}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(out_dir / SAFE),
@@ -240,6 +233,7 @@ def save_hf(out_dir: str | Path, state: dict, info: dict) -> Path:
 
 
 def hf_model_keys(hf_conf, kind: str) -> set[str]:
+    """State-dict keys of the installed transformers' model for this config (built on meta)."""
     import transformers
 
     with torch.device("meta"):

@@ -190,7 +190,7 @@ def expected_shapes(cfg: ModelConfig, kind: str) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _listed(items: list[str], limit: int = 5) -> str:
+def listed(items: list[str], limit: int = 5) -> str:
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -207,7 +207,7 @@ def check_fit(state: dict, cfg: ModelConfig, kind: str, src: str,
              if k in want and tuple(state[k].shape) != want[k]]
     if not (unexpected or missing or wrong):
         return
-    parts = [f"{label} {_listed(items)}" for label, items in
+    parts = [f"{label} {listed(items)}" for label, items in
              (("unexpected", unexpected), ("missing", missing), ("wrong shape", wrong)) if items]
     raise CheckpointError(
         f"{src}: {len(unexpected) + len(missing) + len(wrong)} tensor(s) do not fit the model its "

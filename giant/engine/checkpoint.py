@@ -465,13 +465,21 @@ def export_weights(root: str | Path, out_dir: str | Path, tag: Optional[str] = N
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, model.json) from an exported directory (or its weights file)."""
+    """(state_dict, model.json) from an exported directory (or its weights file), or from an
+    official VideoMAE / V2 checkpoint or HF VideoMAE directory, converted (giant.interop)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     d = path if path.is_dir() else path.parent
-    if not (d / WEIGHTS).is_file() or not (d / MODEL_JSON).is_file():
-        raise CheckpointError(f"{d}: expected {WEIGHTS} and {MODEL_JSON} (run `giant export RUN_DIR` first)")
+    if path.is_file() and path.name not in (WEIGHTS, MODEL_JSON) or not (d / WEIGHTS).is_file() \
+            or not (d / MODEL_JSON).is_file():
+        from giant.interop import load_foreign  # official VideoMAE / V2 files, HF dirs: converted
+
+        foreign = load_foreign(path)
+        if foreign is not None:
+            return foreign
+        raise CheckpointError(f"{d}: expected {WEIGHTS} and {MODEL_JSON} (run `giant export RUN_DIR` first), "
+                              "an official VideoMAE / V2 checkpoint file or a Hugging Face VideoMAE directory")
     info = json.loads((d / MODEL_JSON).read_text())
     return load_file(str(d / WEIGHTS)), info
 

@@ -150,7 +150,8 @@ class _Observer:
             return
         from giant.engine.visualize import reconstruction_image
 
-        img = reconstruction_image(batch["video"][0], batch["enc_keep"][0], batch["dec_keep"][0],
+        # the masks the model used (AdaMAE draws them; the batch then holds placeholders)
+        img = reconstruction_image(batch["video"][0], out.enc_keep[0].cpu(), out.dec_keep[0].cpu(),
                                    out.pred[0].detach().float().cpu(), self.model_cfg, min_size=128)
         path = self.metrics.log_image(step, "reconstruction", img)
         if path is not None:

@@ -120,6 +120,25 @@ def test_sampler_gets_gradient_only_through_the_sampling_loss(official, ref):
     assert model.decoder.head.weight.grad is None or not model.decoder.head.weight.grad.any()
 
 
+def test_sampler_runs_in_the_encoder_precision():
+    """The engine autocasts `model.encoder`; the sampler lives there, so it is low precision too,
+    while its probabilities, the decoder and the three losses stay FP32."""
+    from giant.engine.precision import apply_precision
+
+    model = build_model(ModelConfig(name="tiny", img_size=32, patch_size=8, num_frames=8, sampler="adaptive"))
+    apply_precision(model, "bf16", "cpu")
+    seen = {}
+    model.encoder.get_token_probs[1].register_forward_hook(lambda m, i, o: seen.update(logits=o.dtype))
+    model.decoder.head.register_forward_hook(lambda m, i, o: seen.update(head=o.dtype))
+    enc, dec = MaskGenerator(MaskConfig(encoder="adaptive", ratio=0.75, decoder="none"), (4, 4, 4)).batch(
+        2, torch.Generator().manual_seed(0))
+    out = model(torch.randn(2, 3, 8, 32, 32), enc, dec)
+    assert seen == {"logits": torch.bfloat16, "head": torch.float32}
+    assert out.token_probs.dtype == out.loss.dtype == out.sampling_loss.dtype == torch.float32
+    out.loss.backward()
+    assert model.encoder.pos_embed_probs.grad.dtype == torch.float32
+
+
 def test_sampling_loss_matches_hand_computation():
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(2, 6, generator=g).softmax(-1)

@@ -21,6 +21,7 @@ checkpoints), possibly prefixed `module.`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -132,3 +133,30 @@ def convert(src: str | Path, out_dir: str | Path, model: dict, kind: str = "") -
     (out / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
     log.info("converted %d official MAE-ST tensors (%s) from %s to %s", len(state), kind, src, out)
     return out / WEIGHTS
+
+
+def main(argv: list | None = None) -> int:
+    """`python -m giant.interop.maest SRC OUT_DIR --model vit_l`: an official MAE-ST checkpoint →
+    OUT_DIR/weights.safetensors + model.json (for `checkpoint.init_from`)."""
+    from giant.config import ModelConfig
+    from giant.models.maest import resolve_maest_config
+
+    p = argparse.ArgumentParser(prog="giant convert maest", description=main.__doc__)
+    p.add_argument("src", help="official .pyth / .pth (pre-training or fine-tuned)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--model", default="vit_l", help="size name (vit_b, vit_l, vit_h)")
+    p.add_argument("--kind", choices=_KINDS, default="", help="default: guessed from the keys")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=0, help="fine-tuned checkpoints: head rows")
+    p.add_argument("--decoder-heads", type=int, default=16, help="official MAE-ST decoders use 16")
+    args = p.parse_args(argv)
+    cfg = resolve_maest_config(ModelConfig(name=args.model, arch="maest", num_frames=args.frames,
+                                           img_size=args.img_size, num_classes=args.num_classes,
+                                           decoder_num_heads=args.decoder_heads))
+    convert(args.src, args.out, dataclasses.asdict(cfg), args.kind)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -143,6 +143,19 @@ class MAESTEncoder(_SeparablePositions):
                                             cfg.norm_eps) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay (official get_layer_id_for_vit): embed, tables, cls → 0; block k
+        → k+1; norm and head → L+1."""
+        if name.startswith(("patch_embed", "pos_embed", "cls_token")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers + 1
+
     def embed(self, x_BCTHW: torch.Tensor, keep_BK: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1 + K, D): the cls row, then the kept tokens (all when keep is None) + positions."""
         x_BND = self.patch_embed(x_BCTHW)
@@ -229,6 +242,15 @@ class MAESTAutoencoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()  # the official pre-training decays every tensor of 2+ dims, tables included
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.blocks)
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("encoder."):
+            return self.encoder.layer_id(name[len("encoder."):])
+        return self.num_layers + 1
+
     def low_precision_modules(self) -> list[nn.Module]:
         return [self.encoder]
 
@@ -313,19 +335,6 @@ class MAESTClassifier(MAESTEncoder):
     # --- self-description for the engine
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"}
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.blocks)
-
-    def layer_id(self, name: str) -> int:
-        """Layer-wise lr decay (official get_layer_id_for_vit): embed, tables, cls → 0; block k
-        → k+1; norm and head → L+1."""
-        if name.startswith(("patch_embed", "pos_embed", "cls_token")):
-            return 0
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1
-        return self.num_layers + 1
 
     def low_precision_modules(self) -> list[nn.Module]:
         return [self.patch_embed, *self.blocks]

@@ -67,6 +67,17 @@ class ModelConfig:
     # Token grid (T', H', W') the fixed position table was defined on; None = this model's grid.
     # Set when fine-tuning at another frame count / resolution so positions keep their meaning.
     pos_grid: Optional[list] = None
+    # Architecture family. videomae: VideoMAE / V2 / AdaMAE (fixed sin-cos positions, fused qkv
+    # with q/v biases, no cls token). maest: MAE-ST (learnable separable space + time positions,
+    # a cls token, separate q/k/v Linears with biases; giant/models/maest.py).
+    arch: str = "videomae"
+    # MAE-ST target: frames predicted per clip (indices linspace(0, T-1, n) truncated, as the
+    # official code); a multiple of num_frames/tubelet_size. None = num_frames/tubelet_size (8 of 16).
+    pred_t_dim: Optional[int] = None
+    # AdaMAE token sampler inside the encoder: none | adaptive. Set from mask.encoder when the
+    # config is loaded (mask.encoder=adaptive gives adaptive); a recipe need not write it.
+    sampler: str = "none"
+    sampler_loss_weight: float = 1e-4  # AdaMAE: total = reconstruction + weight × sampling loss
 
     def resolved(self) -> "ModelConfig":
         from giant.models.vit import resolve_model_config
@@ -78,7 +89,9 @@ class ModelConfig:
 class MaskConfig:
     """Encoder and decoder masking (SPEC §3). decoder='none' or decoder_ratio 0 = VideoMAE V1."""
 
-    encoder: str = "tube"  # tube | random | frame | block
+    # tube | random | frame | block | adaptive (AdaMAE: the model's sampler draws int(N·(1−ratio))
+    # visible tokens; the loader then sends a placeholder, see giant/masking.py)
+    encoder: str = "tube"
     ratio: float = 0.9
     decoder: str = "running_cell"  # running_cell | none
     decoder_ratio: float = 0.5
@@ -106,6 +119,13 @@ class DataConfig:
     rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # fine-tune RandAugment; "" = off
     flip: bool = True  # fine-tune horizontal flip (false for Something-Something)
     train_scale: list = field(default_factory=lambda: [0.08, 1.0])  # fine-tune random resized crop area range
+    # Pre-training crop: multiscale (VideoMAE / V2 / AdaMAE: MultiScaleCrop, SPEC §4) | rrc
+    # (MAE-ST: random resized crop of area share pretrain_crop_scale and aspect pretrain_crop_ratio
+    # on the decoded frames; the official pre-training path applies no short-side jitter then).
+    pretrain_crop: str = "multiscale"
+    pretrain_crop_scale: list = field(default_factory=lambda: [0.5, 1.0])
+    pretrain_crop_ratio: list = field(default_factory=lambda: [0.75, 1.3333])
+    pretrain_flip: bool = False  # pre-training horizontal flip (MAE-ST: true)
     reprob: float = 0.25  # fine-tune cube random-erasing probability
     test_temporal_views: int = 5  # multi-view test: K temporal clips (SSv2: 2)
     test_spatial_views: int = 3  # ...× S spatial crops along the long side
@@ -315,6 +335,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         where = str(path)
     tree = _merge(tree, parse_overrides(overrides or []))
     cfg = from_dict(RunConfig, tree, where)
+    if cfg.mask.encoder == "adaptive" and cfg.model.sampler == "none":
+        cfg.model.sampler = "adaptive"  # the mask strategy implies the model part
     validate(cfg)
     return cfg
 
@@ -340,9 +362,47 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"finetune.{key}={getattr(ft, key)}: must be >= 0")
     if ft.label_smoothing >= 1 or ft.mixup_prob > 1 or ft.mixup_switch_prob > 1:
         raise ConfigError("finetune.label_smoothing must be < 1, mixup_prob and mixup_switch_prob <= 1")
+    _validate_methods(cfg)
     act = cfg.engine.activation_checkpointing
     if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
         raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")
+
+
+def _validate_methods(cfg: RunConfig) -> None:
+    """Which method a run is (VideoMAE / V2 / AdaMAE / MAE-ST) comes from these fields."""
+    m, mask, data = cfg.model, cfg.mask, cfg.data
+    if mask.encoder not in ("tube", "random", "frame", "block", "adaptive"):
+        raise ConfigError(f"mask.encoder={mask.encoder!r}: use tube, random, frame, block or adaptive")
+    if m.arch not in ("videomae", "maest"):
+        raise ConfigError(f"model.arch={m.arch!r}: use videomae or maest")
+    if m.sampler not in ("none", "adaptive"):
+        raise ConfigError(f"model.sampler={m.sampler!r}: use none or adaptive")
+    if (m.sampler == "adaptive") != (mask.encoder == "adaptive"):
+        raise ConfigError(f"model.sampler={m.sampler} with mask.encoder={mask.encoder}: the AdaMAE "
+                          "sampler draws the encoder mask; set mask.encoder=adaptive (model.sampler "
+                          "follows it), or model.sampler=none")
+    if m.sampler == "adaptive" and m.arch != "videomae":
+        raise ConfigError(f"mask.encoder=adaptive with model.arch={m.arch}: the AdaMAE sampler is "
+                          "implemented for model.arch=videomae only")
+    if m.sampler_loss_weight < 0:
+        raise ConfigError(f"model.sampler_loss_weight={m.sampler_loss_weight}: must be >= 0")
+    if m.pred_t_dim is not None:
+        slices = m.num_frames // max(m.tubelet_size, 1)
+        if m.arch != "maest":
+            raise ConfigError("model.pred_t_dim is an MAE-ST option: set model.arch=maest or remove it")
+        if m.pred_t_dim % max(slices, 1) or not slices <= m.pred_t_dim <= m.num_frames:
+            raise ConfigError(f"model.pred_t_dim={m.pred_t_dim}: must be a multiple of num_frames/"
+                              f"tubelet_size={slices} and at most num_frames={m.num_frames}")
+    if data.pretrain_crop not in ("multiscale", "rrc"):
+        raise ConfigError(f"data.pretrain_crop={data.pretrain_crop!r}: use multiscale or rrc")
+    _check_range(data.pretrain_crop_scale, "data.pretrain_crop_scale", 1.0, "[0.5, 1.0]")
+    _check_range(data.pretrain_crop_ratio, "data.pretrain_crop_ratio", float("inf"), "[0.75, 1.3333]")
+
+
+def _check_range(pair: list, key: str, upper: float, example: str) -> None:
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1] <= upper:
+        raise ConfigError(f"{key}={pair}: give [min, max] with 0 < min <= max"
+                          f"{' <= 1' if upper == 1.0 else ''}, e.g. {example}")
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -17,9 +17,14 @@ that all five published numbers land within 0.15% (SPEC §6):
 - flops = 2·macs (one forward). train_flops = 3·flops: backward ≈ 2× forward, the usual
   convention behind MFU (it slightly over-counts the embedding, whose input needs no grad).
 
+- AdaMAE (mask.encoder adaptive): + the sampler on ALL N tokens (one block at encoder width,
+  MLP 4×, then Linear(D→1)); for ViT-B at 16×224 it costs more than the 78-token encoder.
+- MAE-ST (model.arch maest): the cls token is one more token in the encoder and the decoder;
+  the decoder head predicts u·p·p·C values (u = pred_t_dim / T'); q/k/v each carry a bias.
+
 Results at 16×224, tube 0.9: vit_b 35.44 G (paper 35.48) / 25.84 G (25.87); vit_g 263.96 G
-(263.93) / 241.61 G (241.61); vit_g fine-tune view 2.5428 T (2.544). AdaMAE's sampler and the
-per-step mask generation are not counted.
+(263.93) / 241.61 G (241.61); vit_g fine-tune view 2.5428 T (2.544). The per-step mask
+generation and AdaMAE's draw (a top-K) are not counted.
 """
 from __future__ import annotations
 
@@ -49,6 +54,26 @@ def block_macs(n: int, dim: int, hidden: int) -> int:
 def block_params(dim: int, hidden: int) -> int:
     """norm1, qkv (no bias) + q_bias + v_bias, proj, norm2, fc1, fc2."""
     return 2 * dim + 3 * dim * dim + 2 * dim + dim * dim + dim + 2 * dim + (dim * hidden + hidden) + (hidden * dim + dim)
+
+
+def sampler_params(n: int, dim: int) -> int:
+    """AdaMAE sampler: its position table (N·D), one block without q/v biases, Linear(D→1)."""
+    return n * dim + block_params(dim, 4 * dim) - 2 * dim + dim + 1
+
+
+def _tables(grid: tuple[int, int, int], dim: int) -> int:
+    """MAE-ST cls token + separable position tables (spatial H'W', temporal T', class 1)."""
+    t, h, w = grid
+    return dim + (h * w + t + 1) * dim
+
+
+def _target_values(cfg: ModelConfig) -> int:
+    """Values the decoder head predicts per token."""
+    if cfg.arch == "maest":
+        from giant.models.maest import frames_per_token, resolve_maest_config
+
+        return frames_per_token(resolve_maest_config(cfg)) * cfg.patch_size ** 2 * cfg.in_chans
+    return 3 * cfg.tubelet_size * cfg.patch_size ** 2  # target pixels per token (RGB)
 
 
 def visible_tokens(grid: tuple[int, int, int], mask: MaskConfig) -> int:
@@ -92,34 +117,44 @@ def count(model_cfg: ModelConfig, stage: str = "pretrain", mask_cfg: Optional[Ma
     n = grid[0] * grid[1] * grid[2]
     d, hid = cfg.embed_dim, _hidden(cfg.embed_dim, cfg.mlp_ratio)
     pix = cfg.in_chans * cfg.tubelet_size * cfg.patch_size**2
+    maest = cfg.arch == "maest"
+    cls = 1 if maest else 0  # MAE-ST's cls token is one more token in every block
     parts_macs = {"patch_embed": n * pix * d}
-    parts_params = {"patch_embed": pix * d + d, "encoder_blocks": cfg.depth * block_params(d, hid)}
+    parts_params = {"patch_embed": pix * d + d,
+                    "encoder_blocks": cfg.depth * (block_params(d, hid) + (d if maest else 0))}
     if stage == "finetune":
-        enc_tokens, dec_tokens = n, 0
+        enc_tokens, dec_tokens = n + cls, 0
         c = cfg.num_classes
-        parts_macs["encoder_blocks"] = cfg.depth * block_macs(n, d, hid)
+        parts_macs["encoder_blocks"] = cfg.depth * block_macs(enc_tokens, d, hid)
         parts_macs["head"] = d * c
-        parts_params["fc_norm"] = 2 * d
+        parts_params["fc_norm"] = 2 * d  # MAE-ST: its pooled `norm`, the same size
         parts_params["head"] = d * c + c if c else 0
     else:
         dd = cfg.decoder_embed_dim
         dhid = _hidden(dd, cfg.decoder_mlp_ratio)
-        out = 3 * cfg.tubelet_size * cfg.patch_size**2  # target pixels per token (RGB)
-        enc_tokens = visible_tokens(grid, mask)
-        kept = decoder_kept_tokens(grid, mask, enc_tokens)
-        dec_tokens = enc_tokens + kept
+        out = _target_values(cfg)
+        visible = visible_tokens(grid, mask)
+        kept = decoder_kept_tokens(grid, mask, visible)
+        enc_tokens, dec_tokens = visible + cls, visible + kept + cls
         parts_macs["encoder_blocks"] = cfg.depth * block_macs(enc_tokens, d, hid)
-        parts_macs["encoder_to_decoder"] = enc_tokens * d * dd
+        parts_macs["encoder_to_decoder"] = visible * d * dd
         parts_macs["decoder_blocks"] = cfg.decoder_depth * block_macs(dec_tokens, dd, dhid)
         parts_macs["decoder_head"] = kept * dd * out
         parts_params.update(
             norm=2 * d,
-            encoder_to_decoder=d * dd,
+            encoder_to_decoder=d * dd + (dd if maest else 0),
             mask_token=dd,
-            decoder_blocks=cfg.decoder_depth * block_params(dd, dhid),
+            decoder_blocks=cfg.decoder_depth * (block_params(dd, dhid) + (dd if maest else 0)),
             decoder_norm=2 * dd,
             decoder_head=dd * out + out,
         )
+        if maest:
+            parts_params["decoder_tokens"] = _tables(grid, dd)
+        if mask.encoder == "adaptive":
+            parts_macs["sampler"] = block_macs(n, d, 4 * d) + n * d
+            parts_params["sampler"] = sampler_params(n, d)
+    if maest:
+        parts_params["tokens"] = _tables(grid, d)
     macs = sum(parts_macs.values())
     return {
         "model": cfg.name,
@@ -164,7 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="input frames per clip")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--mask-ratio", type=float, default=0.9, help="encoder mask ratio")
-    p.add_argument("--mask-type", default="tube", choices=("tube", "random", "frame", "block"))
+    p.add_argument("--mask-type", default="tube", choices=("tube", "random", "frame", "block", "adaptive"),
+                   help="encoder mask; adaptive = AdaMAE (counts its sampler)")
+    p.add_argument("--arch", default="videomae", choices=("videomae", "maest"),
+                   help="maest = MAE-ST (cls token, separable positions, sub-sampled target)")
+    p.add_argument("--pred-t-dim", type=int, default=None, help="MAE-ST target frames (default T/tubelet)")
     p.add_argument("--decoder-mask-ratio", type=float, default=0.5, help="running-cell ratio; 0 = VideoMAE V1")
     p.add_argument("--num-classes", type=int, default=710, help="classifier rows (finetune)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -174,7 +213,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     """`giant flops MODEL ...`; returns the process exit code."""
     args = _parser().parse_args(argv)
-    model = ModelConfig(name=args.model, num_frames=args.frames, img_size=args.img_size, num_classes=args.num_classes)
+    model = ModelConfig(name=args.model, num_frames=args.frames, img_size=args.img_size, num_classes=args.num_classes,
+                        arch=args.arch, pred_t_dim=args.pred_t_dim,
+                        sampler="adaptive" if args.mask_type == "adaptive" else "none")
     dec = "none" if args.decoder_mask_ratio == 0 else "running_cell"
     mask = MaskConfig(encoder=args.mask_type, ratio=args.mask_ratio, decoder=dec, decoder_ratio=args.decoder_mask_ratio)
     try:

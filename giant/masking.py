@@ -5,7 +5,8 @@ keep tokens in raster order, which is what the official code's boolean gathers p
 Every function draws from an explicit `torch.Generator`, so loader workers are reproducible.
 
 Grid = (T', H', W') token grid; N = T'·H'·W'. Keep = visible (encoder) or reconstructed
-(decoder) token indices.
+(decoder) token indices. `mask.encoder: adaptive` (AdaMAE) is the exception: the model draws
+the visible tokens, and the loader sends negative placeholders (`adaptive_placeholder`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from giant.errors import ConfigError
 from giant.models.vit import token_grid  # re-exported: data code asks masking for the grid
 
 __all__ = ["MaskGenerator", "token_grid", "tube_keep", "random_keep", "frame_keep", "block_keep",
-           "running_cell_keep", "running_cell_masked", "keep_to_mask", "mask_to_keep", "complement"]
+           "running_cell_keep", "running_cell_masked", "keep_to_mask", "mask_to_keep", "complement",
+           "adaptive_placeholder"]
 
 Grid = tuple[int, int, int]
 
@@ -140,8 +142,18 @@ def running_cell_masked(grid: Grid, ratio: float, start: int, cell: int = 2) -> 
     return torch.cat(slices)
 
 
+def adaptive_placeholder(grid: Grid, ratio: float, g: torch.Generator) -> torch.Tensor:
+    """AdaMAE: the model's sampler draws the visible tokens, so the loader sends K =
+    int(N·(1−ratio)) entries of −1−seed: the count to draw and a per-clip seed for the draw
+    (giant/models/sampler.py), keeping a resumed run's draws identical."""
+    n = grid[0] * grid[1] * grid[2]
+    seed = int(torch.randint(0, 2 ** 62, (), generator=g))
+    return torch.full((int(n * (1 - ratio)),), -1 - seed, dtype=torch.long)
+
+
 _ENCODER_MASKS: dict[str, Callable] = {
-    "tube": tube_keep, "random": random_keep, "frame": frame_keep, "block": block_keep}
+    "tube": tube_keep, "random": random_keep, "frame": frame_keep, "block": block_keep,
+    "adaptive": adaptive_placeholder}
 
 
 class MaskGenerator:
@@ -156,6 +168,10 @@ class MaskGenerator:
             raise ConfigError(f"mask.encoder={cfg.encoder!r}: choose one of {sorted(_ENCODER_MASKS)}")
         if cfg.decoder not in ("running_cell", "none"):
             raise ConfigError(f"mask.decoder={cfg.decoder!r}: choose running_cell or none")
+        n = grid[0] * grid[1] * grid[2]
+        if cfg.encoder == "adaptive" and not 1 <= int(n * (1 - cfg.ratio)) < n:
+            raise ConfigError(f"mask.ratio={cfg.ratio}: leaves {int(n * (1 - cfg.ratio))} of {n} tokens "
+                              "for the adaptive sampler to draw; lower mask.ratio")
         self.cfg = cfg
         self.grid = tuple(grid)
         self.num_tokens = grid[0] * grid[1] * grid[2]
@@ -173,6 +189,8 @@ class MaskGenerator:
         enc = self.encoder_keep(g)
         if self.dual:
             dec = running_cell_keep(self.grid, self.cfg.decoder_ratio, g)
+        elif self.cfg.encoder == "adaptive":  # the model reconstructs what its sampler left out
+            dec = torch.full((self.num_tokens - enc.numel(),), -1, dtype=torch.long)
         else:
             dec = complement(enc, self.num_tokens)
         return enc, dec

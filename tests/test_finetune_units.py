@@ -155,3 +155,13 @@ def test_summary_counts_unreadable_videos(tmp_path):
 
     img = np.asarray(Image.open(tmp_path / "c.png"))
     assert img.shape[:2] == (3 * 32, 3 * 32) and img[0, 0].tolist() != img[0, 40].tolist()
+
+
+def test_maest_pretrain_artifact_keeps_its_norm_for_the_classifier(tmp_path):
+    cfg = ModelConfig(**TINY, arch="maest", decoder_num_heads=2)
+    mae = build_model(cfg, "pretrain")
+    art = _artifact(tmp_path / "pt", mae, "pretrain", cfg)
+    clf = build_model(ModelConfig(**TINY, arch="maest", num_classes=3), "classifier")
+    report = load_classifier_init(clf, str(art))
+    assert sorted(report["missing"]) == ["head.bias", "head.weight"]  # MAE-ST pools into `norm`
+    assert torch.equal(clf.state_dict()["norm.weight"], mae.state_dict()["encoder.norm.weight"])

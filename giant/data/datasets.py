@@ -140,21 +140,26 @@ class PretrainClips(VideoDataset):
     def __init__(self, entries: list[VideoEntry], num_frames: int = 16, size: int = 224,
                  sampling_rate: int = 4, num_sample: int = 4, mask_fn: Optional[MaskFn] = None,
                  backend: str = "decord", seed: int = 0, scales=PRETRAIN_SCALES,
-                 max_retries: int = 10):
+                 max_retries: int = 10, crop: str = "multiscale", crop_scale=(0.5, 1.0),
+                 crop_ratio=(3 / 4, 4 / 3), flip: bool = False):
         super().__init__(entries, backend, seed, max_retries)
         if num_frames < 1 or size < 1 or sampling_rate < 1 or num_sample < 1:
             raise DataError("num_frames, size, sampling_rate and num_sample must all be >= 1")
         self.num_frames, self.size = num_frames, size
         self.sampling_rate, self.num_sample = sampling_rate, num_sample
         self.mask_fn, self.scales = mask_fn, tuple(scales)
+        # crop "rrc" + flip: MAE-ST's pre-training augmentation (data.pretrain_crop)
+        self.crop, self.crop_scale, self.crop_ratio, self.flip = crop, tuple(crop_scale), tuple(crop_ratio), flip
 
     @classmethod
     def from_config(cls, cfg, split: str = "train", mask_fn: Optional[MaskFn] = None):
         """cfg: RunConfig. The stage passes mask_fn = MaskGenerator(cfg.mask, token_grid(...))."""
         entries = load_entries(_manifest_for(cfg, split), cfg.data.root, "pretrain", cfg.stage.seed)
-        return cls(entries, cfg.model.num_frames, cfg.model.img_size, cfg.data.sampling_rate,
-                   cfg.data.num_sample, mask_fn, cfg.data.backend, cfg.stage.seed,
-                   max_retries=cfg.data.max_retries)
+        d = cfg.data
+        return cls(entries, cfg.model.num_frames, cfg.model.img_size, d.sampling_rate,
+                   d.num_sample, mask_fn, d.backend, cfg.stage.seed, max_retries=d.max_retries,
+                   crop=d.pretrain_crop, crop_scale=d.pretrain_crop_scale,
+                   crop_ratio=d.pretrain_crop_ratio, flip=d.pretrain_flip)
 
     def _load(self, entry: VideoEntry, index: int, attempt: int, rng) -> dict:
         sample = {"video": self.crops(self.decode(entry, rng), rng)}
@@ -172,9 +177,16 @@ class PretrainClips(VideoDataset):
     def crops(self, video: torch.Tensor, rng) -> torch.Tensor:
         """`num_sample` independent multi-scale crops of one decoded window: [R, C, T, S, S]."""
         h, w = video.shape[-2:]
-        boxes = [multi_scale_crop_box(h, w, self.size, rng, self.scales)
-                 for _ in range(self.num_sample)]
-        return stack_cthw([crop_resize(video, box, self.size) for box in boxes])
+        if self.crop == "rrc":
+            boxes = [random_resized_crop_box(h, w, rng, self.crop_scale, self.crop_ratio)
+                     for _ in range(self.num_sample)]
+        else:
+            boxes = [multi_scale_crop_box(h, w, self.size, rng, self.scales)
+                     for _ in range(self.num_sample)]
+        clips = [crop_resize(video, box, self.size) for box in boxes]
+        if self.flip:
+            clips = [c.flip(-1) if rng.random() < 0.5 else c for c in clips]
+        return stack_cthw(clips)
 
     def masks(self, index: int, attempt: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(enc_keep [R, K], dec_keep [R, M]), seeded per (seed, epoch, index, attempt, repeat)."""

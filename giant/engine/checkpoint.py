@@ -59,7 +59,7 @@ FORMAT = "giant-weights-v1"
 # Model fields that decide parameter shapes: a checkpoint must match them to be resumed.
 ARCH_KEYS = ("name", "img_size", "num_frames", "tubelet_size", "in_chans", "patch_size", "embed_dim",
              "depth", "num_heads", "mlp_ratio", "decoder_embed_dim", "decoder_depth",
-             "decoder_num_heads", "decoder_mlp_ratio", "num_classes")
+             "decoder_num_heads", "decoder_mlp_ratio", "num_classes", "arch", "sampler", "pred_t_dim")
 
 
 def tag_for(step: int) -> str:

@@ -2,7 +2,9 @@
 
 Predictions are per-token normalised (SPEC §2), so they are mapped back to pixels with the
 mean and std of the original token, as the official visualisation does. Tokens that are
-neither visible nor reconstructed (dual masking) are drawn grey.
+neither visible nor reconstructed (dual masking) are drawn grey. MAE-ST (model.arch maest)
+predicts the sub-sampled target frames, normalised over all channels together; its rows show
+those frames.
 
 Shapes: C channels, T frames, H/W pixels, N tokens, K visible, M reconstructed, P values/token.
 """
@@ -18,8 +20,15 @@ from giant.models.vit import token_grid
 GREY = 0.5
 
 
-def _tokens(video_CTHW_01: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    return patchify(video_CTHW_01[None].float(), cfg.patch_size, cfg.tubelet_size)[0]  # N Q C
+def _frames(pix_CTHW: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, int, tuple]:
+    """(frames the prediction covers, frames per token, dims its normalisation spans)."""
+    if getattr(cfg, "arch", "videomae") == "maest":
+        from giant.models.maest import frames_per_token, resolve_maest_config, target_frame_indices
+
+        cfg = resolve_maest_config(cfg)
+        idx = target_frame_indices(cfg.num_frames, cfg.pred_t_dim)
+        return pix_CTHW[:, idx], frames_per_token(cfg), (1, 2)  # all channels together
+    return pix_CTHW, cfg.tubelet_size, (1,)  # per channel
 
 
 def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tensor,
@@ -32,14 +41,14 @@ def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tenso
     """
     cfg = model_cfg.resolved()
     grid = token_grid(cfg)
-    pix_CTHW = video_uint8_CTHW.detach().cpu().float() / 255.0
-    tok_NQC = _tokens(pix_CTHW, cfg)
+    pix_CTHW, t_size, dims = _frames(video_uint8_CTHW.detach().cpu().float() / 255.0, cfg)
+    tok_NQC = patchify(pix_CTHW[None], cfg.patch_size, t_size)[0]
     n = tok_NQC.shape[0]
     vis = torch.zeros(n, dtype=torch.bool)
     vis[enc_keep_K.cpu()] = True
     masked_NQC = torch.where(vis[:, None, None], tok_NQC, torch.full_like(tok_NQC, GREY))
 
-    mu, sd = tok_NQC.mean(1, keepdim=True), tok_NQC.var(1, unbiased=True, keepdim=True).sqrt()
+    mu, sd = tok_NQC.mean(dims, keepdim=True), tok_NQC.var(dims, unbiased=True, keepdim=True).sqrt()
     pred_MQC = pred_MP.detach().cpu().float().reshape(len(dec_keep_M), -1, cfg.in_chans)
     dec = dec_keep_M.cpu()
     recon_NQC = masked_NQC.clone()
@@ -47,9 +56,8 @@ def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tenso
 
     rows = []
     for toks in (tok_NQC, masked_NQC, recon_NQC):
-        vid_CTHW = unpatchify(toks.flatten(1)[None], grid, cfg.patch_size, cfg.tubelet_size,
-                              cfg.in_chans)[0]
-        frames = vid_CTHW[:, ::cfg.tubelet_size]  # one frame per tubelet
+        vid_CTHW = unpatchify(toks.flatten(1)[None], grid, cfg.patch_size, t_size, cfg.in_chans)[0]
+        frames = vid_CTHW[:, ::t_size]  # one frame per token slice
         rows.append(torch.cat(list(frames.permute(1, 2, 3, 0)), dim=1))  # H, T'·W, C
     image = torch.cat(rows, dim=0)
     factor = max(1, -(-min_size // cfg.img_size))

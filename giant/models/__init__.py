@@ -1,6 +1,8 @@
 """Model family: pure torch modules with the official parameter names.
 
 No distribution, precision or checkpointing code lives here (DESIGN.md layering rules).
+Which class a config builds: model.arch (videomae | maest) × model.sampler (none | adaptive) ×
+kind (pretrain | classifier).
 """
 from __future__ import annotations
 
@@ -10,17 +12,41 @@ from giant.config import ModelConfig
 from giant.errors import ConfigError
 from giant.models.classifier import VideoClassifier
 from giant.models.mae import MAEOutput, MaskedVideoAutoencoder
+from giant.models.maest import MAESTAutoencoder, MAESTClassifier
+from giant.models.sampler import AdaptiveMaskedAutoencoder
 from giant.models.vit import MODEL_SIZES, VideoViT, resolve_model_config, token_grid
 
-__all__ = ["MODEL_SIZES", "MAEOutput", "MaskedVideoAutoencoder", "VideoClassifier", "VideoViT",
-           "build_model", "resolve_model_config", "token_grid"]
+__all__ = ["MODEL_SIZES", "MAEOutput", "MaskedVideoAutoencoder", "AdaptiveMaskedAutoencoder",
+           "MAESTAutoencoder", "MAESTClassifier", "VideoClassifier", "VideoViT", "build_model",
+           "resolve_model_config", "token_grid"]
+
+_CLASSES = {
+    ("videomae", "none", "pretrain"): MaskedVideoAutoencoder,
+    ("videomae", "adaptive", "pretrain"): AdaptiveMaskedAutoencoder,
+    ("maest", "none", "pretrain"): MAESTAutoencoder,
+    # the sampler is a pre-training device: an AdaMAE encoder fine-tunes as a plain VideoMAE one
+    ("videomae", "none", "classifier"): VideoClassifier,
+    ("videomae", "adaptive", "classifier"): VideoClassifier,
+    ("maest", "none", "classifier"): MAESTClassifier,
+}
+
+
+def model_class(cfg: ModelConfig, kind: str = "pretrain") -> type:
+    if kind not in ("pretrain", "classifier"):
+        raise ConfigError(f"model kind {kind!r}: use 'pretrain' or 'classifier'")
+    if cfg.arch not in ("videomae", "maest"):
+        raise ConfigError(f"model.arch={cfg.arch!r}: use videomae or maest")
+    if cfg.sampler not in ("none", "adaptive"):
+        raise ConfigError(f"model.sampler={cfg.sampler!r}: use none or adaptive")
+    key = (cfg.arch, cfg.sampler, kind)
+    if key not in _CLASSES:
+        raise ConfigError(f"model.arch={cfg.arch} with model.sampler={cfg.sampler}: the AdaMAE "
+                          "sampler exists for model.arch=videomae only")
+    return _CLASSES[key]
 
 
 def build_model(cfg: ModelConfig, kind: str = "pretrain", init: bool = True) -> nn.Module:
-    """`pretrain` → MaskedVideoAutoencoder, `classifier` → VideoClassifier. init=False leaves
-    the published init to the caller (`model.init_module` per module, children first)."""
-    if kind == "pretrain":
-        return MaskedVideoAutoencoder(cfg, init=init)
-    if kind == "classifier":
-        return VideoClassifier(cfg, init=init)
-    raise ConfigError(f"model kind {kind!r}: use 'pretrain' or 'classifier'")
+    """`pretrain` → the autoencoder of the configured method, `classifier` → its fine-tuning
+    classifier. init=False leaves the published init to the caller (`model.init_module` per
+    module, children first)."""
+    return model_class(cfg, kind)(cfg, init=init)

@@ -10,7 +10,7 @@ M decoder-kept tokens, D encoder width, E decoder width, P values per token (C·
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,12 @@ class MAEOutput(NamedTuple):
     pred: torch.Tensor  # (B, M, P) decoder output at the decoder-kept positions
     target: torch.Tensor  # (B, M, P) normalised pixel target at the same positions
     loss_mask: torch.Tensor  # (B, M) True where the token counts in the loss
+    # The masks actually used (AdaMAE: drawn by the model's sampler, not the loader's placeholder)
+    enc_keep: Optional[torch.Tensor] = None  # (B, K)
+    dec_keep: Optional[torch.Tensor] = None  # (B, M)
+    recon_loss: Optional[torch.Tensor] = None  # AdaMAE: the reconstruction part of `loss`
+    sampling_loss: Optional[torch.Tensor] = None  # AdaMAE: mean sampling loss, unweighted
+    token_probs: Optional[torch.Tensor] = None  # AdaMAE: (B, N) the sampler's distribution
 
 
 class MAEDecoder(nn.Module):
@@ -65,11 +71,13 @@ def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
 
 
 class MaskedVideoAutoencoder(nn.Module):
+    encoder_class = VideoViT  # AdaMAE's subclass swaps in the encoder that holds its sampler
+
     def __init__(self, cfg: ModelConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD, init: bool = True):
         super().__init__()
         cfg = resolve_model_config(cfg)
         self.cfg = cfg
-        self.encoder = VideoViT(cfg, final_norm=True)
+        self.encoder = self.encoder_class(cfg, final_norm=True)
         dec_dim = cfg.decoder_embed_dim
         self.encoder_to_decoder = nn.Linear(cfg.embed_dim, dec_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
@@ -153,7 +161,8 @@ class MaskedVideoAutoencoder(nn.Module):
         per_tok_BM = (pred_BMP.float() - tgt_BMP).pow(2).mean(dim=-1)
         w_BM = mask_BM.float()
         loss = (per_tok_BM * w_BM).sum() / w_BM.sum().clamp_min(1.0)
-        return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM)
+        return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM,
+                         enc_keep=enc_keep_BK, dec_keep=dec_keep_BM)
 
     def forward(self, video_BCTHW: torch.Tensor, enc_keep_BK: torch.Tensor,
                 dec_keep_BM: torch.Tensor) -> MAEOutput:

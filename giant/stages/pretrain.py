@@ -76,7 +76,8 @@ class PretrainStage(Stage):
             return None
         from giant.engine.visualize import reconstruction_image
 
-        img = reconstruction_image(batch["video"][0], batch["enc_keep"][0], batch["dec_keep"][0],
+        # the masks the model used (AdaMAE draws them; the batch then holds placeholders)
+        img = reconstruction_image(batch["video"][0], out.enc_keep[0].cpu(), out.dec_keep[0].cpu(),
                                    out.pred[0].detach().float().cpu(), ctx.model_cfg, min_size=128)
         return ctx.metrics.log_image(step, "reconstruction", img)
 

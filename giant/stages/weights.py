@@ -58,13 +58,16 @@ def load_init_weights(model: torch.nn.Module, path: str, strict: bool = True) ->
     log.info("initialised from %s", path)
 
 
-def classifier_state(state: dict[str, torch.Tensor], kind: str) -> tuple[dict, list[str]]:
-    """Keys of a pre-training or classifier artifact → classifier keys, and what was dropped."""
+def classifier_state(state: dict[str, torch.Tensor], kind: str,
+                     keep_norm: bool = False) -> tuple[dict, list[str]]:
+    """Keys of a pre-training or classifier artifact → classifier keys, and what was dropped.
+    `keep_norm`: the classifier pools into the encoder's own `norm` (MAE-ST) instead of a
+    fresh fc_norm (VideoMAE), so the encoder's final norm is kept."""
     if kind != "pretrain" and not any(k.startswith("encoder.") for k in state):
         return dict(state), []
     out, dropped = {}, []
     for key, value in state.items():
-        if key.startswith("encoder.") and not key.startswith("encoder.norm."):
+        if key.startswith("encoder.") and (keep_norm or not key.startswith("encoder.norm.")):
             out[key[len("encoder."):]] = value
         else:
             dropped.append(key)  # decoder, encoder_to_decoder, mask_token, encoder.norm
@@ -98,8 +101,8 @@ def _fit_head(state: dict, model_state_shapes: dict, rowmap: Optional[str], path
 def load_classifier_init(model: torch.nn.Module, path: str, rowmap: Optional[str] = None) -> dict:
     """Load an artifact into a VideoClassifier (any ZeRO stage); returns the report."""
     state, info = load_weights(path)
-    state, dropped = classifier_state(state, info.get("kind", "pretrain"))
     shapes = {k: tuple(getattr(p, "ds_shape", p.shape)) for k, p in model.named_parameters()}
+    state, dropped = classifier_state(state, info.get("kind", "pretrain"), "norm.weight" in shapes)
     dropped += _fit_head(state, shapes, rowmap, path)
     missing, unexpected = load_state(model, state)
     bad = [k for k in missing if k not in MAY_BE_MISSING]

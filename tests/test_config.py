@@ -56,3 +56,22 @@ def test_yaml_1_2_scalars(tmp_path):
     cfg = load_config(recipe, ["logging.progress=false"])
     assert cfg.engine.activation_checkpointing == "off"
     assert cfg.optim.blr == 1e-3 and cfg.logging.progress is False
+
+
+def test_every_shipped_recipe_loads_and_states_its_hardware():
+    """A recipe that no longer validates (a renamed key, a contradiction) fails here, not on a
+    cluster; each starts with a comment naming the hardware and the global batch."""
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parents[1].glob("launch/recipes/*.yaml"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        cfg = load_config(path)
+        cfg.model.resolved()
+        lines = path.read_text().splitlines()
+        header = " ".join(line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+        assert lines[0].startswith("# ") and ("GPU" in header or "CPU" in header), path.name
+        assert "batch" in header, path.name
+        if cfg.model.num_classes:  # supervised: Mixup mixes each rank's batch with its reverse
+            mixing = cfg.finetune.mixup > 0 or cfg.finetune.cutmix > 0
+            assert not mixing or cfg.optim.batch_size * cfg.data.num_sample % 2 == 0, path.name

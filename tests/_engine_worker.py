@@ -58,8 +58,11 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     torch.manual_seed(0)
     model = construct_model(cfg, cfg.model.resolved(), "pretrain")  # ZeRO-3: zero.Init
     built_partitioned = all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())
+    # the dtype zero.Init gave the parameters and their shards (DeepSpeed's _set_dtype bug built
+    # BF16 on CPUs without oneDNN fp16, see construct_model)
+    built_dtypes = sorted({str(t.dtype) for p in model.parameters() for t in (p, getattr(p, "ds_tensor", p))})
     engine, info = build_engine(model, cfg, device)
-    info.built_partitioned = built_partitioned
+    info.built_partitioned, info.built_dtypes = built_partitioned, built_dtypes
     init = full_params(engine)
     rows = []
     def log_step(step: int, scalars: dict) -> None:
@@ -103,6 +106,7 @@ def agreement(res: dict) -> None:
         res[name]["partitioned"] = all(p.numel() == 0 for p in engine.module.parameters()) \
             if info.zero_stage == 3 else None
         res[name]["built_partitioned"] = info.built_partitioned  # never materialised in full
+        res[name]["built_dtypes"] = info.built_dtypes
         if name == "zero3_ckpt_all":
             export_check(res, engine, info, cfg, params[name])
     for a, b in (("zero1", "zero2"), ("zero1", "zero3_ckpt_all"), ("zero1", "zero3_offload"),

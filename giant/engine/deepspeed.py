@@ -299,6 +299,18 @@ def _zero3_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+def _check_fp32_shards(model: nn.Module) -> None:
+    """Parameters and optimizer state are FP32 by policy (engine/precision.py); a zero.Init
+    that chose another dtype would fail later as a dtype clash deep inside a forward."""
+    import deepspeed
+
+    got = sorted({str(getattr(p, "ds_tensor", p).dtype) for p in model.parameters()})
+    if got != ["torch.float32"]:
+        raise ConfigError(f"deepspeed.zero.Init (DeepSpeed {deepspeed.__version__}) built the model in "
+                          f"{', '.join(got)}, not FP32 — set engine.zero_init=false to build it unpartitioned "
+                          "and report the DeepSpeed version")
+
+
 def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain") -> nn.Module:
     """The model as the engine will hold it. Under ZeRO-3 with engine.zero_init it is built
     inside deepspeed.zero.Init, so no rank ever holds more than its shard of the FP32 weights
@@ -313,9 +325,14 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain") -> n
     ds = check_ds_config(cfg, world)
     if zero_stage(ds) != 3 or not cfg.engine.zero_init:
         return build_model(model_cfg, kind)
-    with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"},
-                             dtype=torch.float32):
+    # dtype stays None on purpose: the merged config (fp16/bf16 sections disabled) then makes
+    # zero.Init build FP32. An explicit dtype=torch.float32 is ignored by DeepSpeed's
+    # Init._set_dtype (0.15 … 0.19.8 at least): `dtype or torch.float16 if fp16_supported else
+    # torch.bfloat16 if ...` parses as `(dtype or fp16) if ... else bf16`, so on an accelerator
+    # without FP16 support (a CPU without oneDNN fp16: AMD, older Intel) it builds a BF16 model.
+    with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"}):
         model = build_model(model_cfg, kind, init=False)
+    _check_fp32_shards(model)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for m in _post_order(model):  # the order model.init_weights() uses, so the RNG stream matches
         own = list(m.parameters(recurse=False))

@@ -25,7 +25,7 @@ from giant.models import build_model
 OUT, SCRATCH = Path(sys.argv[1]), Path(sys.argv[2])
 BASE = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.ratio=0.5",
         "data.num_sample=1", "optim.lr=2e-3", "optim.warmup_steps=1", "optim.total_steps=3",
-        "optim.clip_grad=1.0", "stage.device=cpu"]
+        "optim.clip_grad=1.0", "stage.device=cpu", "precision.encoder=fp32"]
 
 
 def data(cfg, rank: int, step: int, n: int):

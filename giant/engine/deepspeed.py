@@ -107,10 +107,13 @@ def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]
 
 
 def _check_precision_sections(ds: dict, cfg: RunConfig, where: str) -> None:
+    """The JSON's fp16/bf16 `enabled` must agree with the *resolved* encoder precision. Before
+    the device is known (the pre-flight check) precision.encoder=auto cannot be compared yet;
+    the engine build checks again with the resolved value."""
     enc = cfg.precision.encoder
     for section, want in (("fp16", enc == "fp16"), ("bf16", enc == "bf16")):
         enabled = ds.get(section, {}).get("enabled", "auto")
-        if enabled != "auto" and bool(enabled) != want:
+        if enabled != "auto" and enc != "auto" and bool(enabled) != want:
             raise ConfigError(
                 f"{where}: {section}.enabled={json.dumps(enabled)} but recipe precision.encoder={enc} "
                 f"— set {section}.enabled to \"auto\" (or remove it) and choose the precision in the recipe")
@@ -403,6 +406,7 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     load_universal: the run resumes a universal checkpoint (another world size / ZeRO stage)."""
     import deepspeed
 
+    assert cfg.precision.encoder != "auto", "resolve_precision(cfg, device) before build_engine"
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     src = find_ds_config(cfg.engine.ds_config)
     ds, scale_cfg = merge_ds_config(load_ds_json(src), cfg, world, str(cfg.engine.ds_config))

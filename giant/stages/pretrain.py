@@ -24,6 +24,7 @@ from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compati
 from giant.engine.deepspeed import (build_engine, check_ds_config, construct_model, init_distributed,
                                     load_state, zero_stage)
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
+from giant.engine.precision import resolve_precision
 from giant.errors import CheckpointError, ConfigError, GiantError
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ def run(cfg: RunConfig) -> dict:
 
 def _run(cfg: RunConfig, flag: SignalFlag) -> dict:
     rank, world, _, device = init_distributed(cfg)
+    cfg = resolve_precision(cfg, device)  # auto → concrete, for everything below
     run_dir = Path(cfg.stage.run_dir)
     if rank == 0:
         (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew

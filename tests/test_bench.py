@@ -23,4 +23,4 @@ def test_bench_json_cpu(tmp_path):
     assert abs(result["clips_per_s"] - 2 * result["steps_per_s"]) < 1e-6 * result["clips_per_s"]
     expected_tflops = result["clips_per_s"] * result["train_flops_per_clip"] / 1e12
     assert abs(result["tflops"] - expected_tflops) < 1e-9
-    assert result["mem_rss_gib"] > 0 and result["last_loss"] > 0
+    assert result["mem_rss_gib"] > 0 and result["last_loss"] > 0 and result["cpu_s_per_step"] > 0

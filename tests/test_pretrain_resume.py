@@ -93,8 +93,9 @@ def test_run_dir_artifacts(runs):
     assert cfg["model"]["embed_dim"] == 96  # model sizes resolved
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 8
-    assert ds["zero_optimization"]["stage"] == 2  # the demo's precision.encoder=auto, recorded resolved:
-    assert ds["giant"]["encoder_precision"] == cfg["precision"]["encoder"] == choose_encoder_precision("auto", "cpu")[0]
+    assert ds["zero_optimization"]["stage"] == 2
+    resolved = choose_encoder_precision("auto", "cpu")[0]  # the demo's auto, recorded resolved
+    assert ds["giant"]["encoder_precision"] == cfg["precision"]["encoder"] == resolved
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     assert ckpts == ["step_00000003", "step_00000004"]  # keep_last 2
     assert (run / "checkpoints" / "latest").read_text() == "step_00000004"

@@ -86,10 +86,10 @@ def run(args: argparse.Namespace) -> dict:
     enc, dec = enc.to(device), dec.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elapsed, loss = 0.0, float("nan")
+    elapsed, cpu, loss = 0.0, 0.0, float("nan")
     for i in range(args.warmup + args.steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         info.loss_scaler.before_step(engine)
         out = engine(video, enc, dec)
         engine.backward(out.loss)
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         _sync(device)
         if i >= args.warmup:
             elapsed += time.perf_counter() - t0
+            cpu += time.process_time() - c0
         loss = float(out.loss.detach())
     clips = args.steps * args.batch * world
     tput = Throughput(train_flops_per_clip(mcfg, cfg.mask), device, cfg.precision.encoder, world)
@@ -107,6 +108,9 @@ def run(args: argparse.Namespace) -> dict:
               "compile": cfg.engine.compile,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "steps": args.steps, "steps_per_s": args.steps / elapsed,
+              # CPU seconds (all threads of this process) per step: on a shared machine with
+              # OMP_NUM_THREADS=1 this barely moves with load, unlike steps/s
+              "cpu_s_per_step": cpu / args.steps,
               "train_flops_per_clip": tput.flops_per_clip, "last_loss": loss,
               **tput.update(clips, elapsed), **memory_stats(device)}
     return result

@@ -14,6 +14,10 @@ and FP16 uses `DynamicLossScaler` below, pushed into the ZeRO optimizer through 
 divides it out before clipping, and — because the optimizer dtype is FP32 — treats a
 non-finite *global* gradient norm (all-reduced across ranks) as an overflow: every rank skips the
 same step and `engine.skipped_steps` counts it. We only move the scale.
+
+`precision.encoder: auto` is resolved per device by `resolve_precision` once per run, before
+anything reads it: BF16 where the hardware has it (FP16 on GPUs without BF16), FP32 on CPUs
+that would only emulate BF16 (4-27x slower matmuls there, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ same step and `engine.skipped_steps` counts it. We only move the scale.
 
 `precision.encoder: auto` is resolved per device by `resolve_precision` once per run, before
 anything reads it: BF16 where the hardware has it (FP16 on GPUs without BF16), FP32 on CPUs
-that would only emulate BF16 (4-27x slower matmuls there, docs/PERFORMANCE.md).
+that would only emulate BF16 (4-27x slower training steps there, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _WRAPPED = "_giant_precision_wrapped"
-# Measured on an AVX2-only EPYC (docs/PERFORMANCE.md): tiny 8x32 train step 4.4x, ViT-B 16x224 27x.
-EMULATED_BF16_COST = "4-27x slower matmuls than fp32"
+# BF16 vs FP32 train step on an AVX2-only EPYC (issue 7): tiny 8x32 4.4x, ViT-B 16x224 27x slower;
+# 3.6x / 6.5x with oneDNN capped at AVX2 on a Zen 4 (docs/PERFORMANCE.md).
+EMULATED_BF16_COST = "4-27x slower training steps than fp32"
 
 
 def low_precision_dtype(name: str) -> Optional[torch.dtype]:
@@ -112,8 +113,9 @@ def resolve_precision(cfg: RunConfig, device: torch.device | str) -> RunConfig:
     if requested == "auto":
         _log_once(logging.INFO, f"precision.encoder=auto -> {enc} ({why})")
     elif enc == "bf16" and torch.device(device).type == "cpu" and not cpu_native_bf16():
-        _log_once(logging.WARNING, f"precision.encoder=bf16 on a CPU without native BF16: expect "
-                  f"{EMULATED_BF16_COST} (docs/PERFORMANCE.md); precision.encoder=auto picks fp32 here")
+        _log_once(logging.WARNING, f"precision.encoder=bf16 on a CPU without native BF16: its BF16 matmuls "
+                  f"are emulated, expect {EMULATED_BF16_COST} (docs/PERFORMANCE.md); "
+                  "precision.encoder=auto picks fp32 here")
     if enc == requested:
         return cfg
     return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, encoder=enc))

@@ -174,7 +174,9 @@ class FinetuneConfig:
 class PrecisionConfig:
     """The policy: encoder in low precision, decoder + target + loss always FP32."""
 
-    encoder: str = "fp32"  # fp32 | bf16 | fp16
+    # auto | fp32 | bf16 | fp16. auto: BF16 on GPUs (FP16 without BF16), BF16 on CPUs with native
+    # BF16, else FP32; resolved once per run (engine/precision.py) and recorded resolved.
+    encoder: str = "auto"
     decoder: str = "fp32"  # kept as a field so recipes state it; anything else is refused
 
 
@@ -343,8 +345,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
 
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks a user can trip over; each names the key and the fix."""
-    if cfg.precision.encoder not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision.encoder={cfg.precision.encoder!r}: use fp32, bf16 or fp16")
+    if cfg.precision.encoder not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision.encoder={cfg.precision.encoder!r}: use auto, fp32, bf16 or fp16")
     if cfg.precision.decoder != "fp32":
         raise ConfigError("precision.decoder must be fp32 (SPEC §5: the decoder and loss stay FP32)")
     if not 0 <= cfg.mask.ratio < 1:

@@ -25,7 +25,7 @@ from giant.models import build_model
 OUT, SCRATCH = Path(sys.argv[1]), Path(sys.argv[2])
 BASE = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.ratio=0.5",
         "data.num_sample=1", "optim.lr=2e-3", "optim.warmup_steps=1", "optim.total_steps=3",
-        "optim.clip_grad=1.0", "stage.device=cpu"]
+        "optim.clip_grad=1.0", "stage.device=cpu", "precision.encoder=fp32"]
 
 
 def data(cfg, rank: int, step: int, n: int):
@@ -58,8 +58,11 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     torch.manual_seed(0)
     model = construct_model(cfg, cfg.model.resolved(), "pretrain")  # ZeRO-3: zero.Init
     built_partitioned = all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())
+    # the dtype zero.Init gave the parameters and their shards (DeepSpeed's _set_dtype bug built
+    # BF16 on CPUs without oneDNN fp16, see construct_model)
+    built_dtypes = sorted({str(t.dtype) for p in model.parameters() for t in (p, getattr(p, "ds_tensor", p))})
     engine, info = build_engine(model, cfg, device)
-    info.built_partitioned = built_partitioned
+    info.built_partitioned, info.built_dtypes = built_partitioned, built_dtypes
     init = full_params(engine)
     rows = []
     def log_step(step: int, scalars: dict) -> None:
@@ -103,6 +106,7 @@ def agreement(res: dict) -> None:
         res[name]["partitioned"] = all(p.numel() == 0 for p in engine.module.parameters()) \
             if info.zero_stage == 3 else None
         res[name]["built_partitioned"] = info.built_partitioned  # never materialised in full
+        res[name]["built_dtypes"] = info.built_dtypes
         if name == "zero3_ckpt_all":
             export_check(res, engine, info, cfg, params[name])
     for a, b in (("zero1", "zero2"), ("zero1", "zero3_ckpt_all"), ("zero1", "zero3_offload"),

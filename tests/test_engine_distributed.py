@@ -30,6 +30,9 @@ def test_zero_stages_agree_in_fp32(results):
     # rank-0 init gives the very weights of a plain build: the final params below agree
     assert results["zero3_ckpt_all"]["built_partitioned"] and results["zero3_offload"]["built_partitioned"]
     assert not results["zero1"]["built_partitioned"] and not results["zero2"]["built_partitioned"]
+    # FP32 parameters on every CPU/GPU kind, whatever DeepSpeed's accelerator reports for fp16
+    for name in ("zero1", "zero2", "zero3_ckpt_all", "zero3_offload"):
+        assert results[name]["built_dtypes"] == ["torch.float32"], name
     assert results["maxdiff_zero1_zero2"] < 1e-6
     assert results["maxdiff_zero1_zero3_ckpt_all"] < 1e-6  # ZeRO-3 + activation checkpointing
     assert results["maxdiff_zero1_zero3_offload"] < 1e-6

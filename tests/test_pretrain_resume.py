@@ -15,6 +15,7 @@ import yaml
 
 from _launch import REPO, env, tail, torchrun
 from giant.engine import checkpoint as ck
+from giant.engine.precision import choose_encoder_precision
 
 STEPS = 4
 
@@ -92,7 +93,9 @@ def test_run_dir_artifacts(runs):
     assert cfg["model"]["embed_dim"] == 96  # model sizes resolved
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 8
-    assert ds["zero_optimization"]["stage"] == 2 and ds["giant"]["encoder_precision"] == "bf16"
+    assert ds["zero_optimization"]["stage"] == 2
+    resolved = choose_encoder_precision("auto", "cpu")[0]  # the demo's auto, recorded resolved
+    assert ds["giant"]["encoder_precision"] == cfg["precision"]["encoder"] == resolved
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     assert ckpts == ["step_00000003", "step_00000004"]  # keep_last 2
     assert (run / "checkpoints" / "latest").read_text() == "step_00000004"

@@ -20,6 +20,7 @@ from giant.config import load_config
 from giant.data.transforms import normalize_on_device
 from giant.engine.deepspeed import build_engine, construct_model, init_distributed
 from giant.engine.metrics import Throughput, memory_stats
+from giant.engine.precision import resolve_precision
 from giant.flops import train_flops_per_clip
 from giant.masking import MaskGenerator, token_grid
 
@@ -34,8 +35,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2, help="clips per device per micro-step")
     p.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3], help="ZeRO stage")
     p.add_argument("--ds", default=None, help="DeepSpeed JSON (default ds_configs/zero{N}.json)")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="encoder precision (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="encoder precision (auto: bf16 on GPU, fp16 without BF16; bf16 on a CPU "
+                        "with native BF16, else fp32)")
     p.add_argument("--act-ckpt", default="off", help="off | all | first:N")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every block (engine.compile; the warmup steps absorb compilation)")
@@ -50,13 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _config(args: argparse.Namespace):
-    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    precision = args.precision or ("bf16" if on_gpu else "fp32")
     overrides = [
         f"model.name={args.model}", f"model.num_frames={args.frames}",
         f"model.img_size={args.img_size}", f"optim.batch_size={args.batch}", "data.num_sample=1",
         "optim.accum_steps=1", f"optim.total_steps={args.warmup + args.steps}", "optim.warmup_steps=0",
-        f"precision.encoder={precision}", f"engine.activation_checkpointing={args.act_ckpt}",
+        f"precision.encoder={args.precision}", f"engine.activation_checkpointing={args.act_ckpt}",
         f"engine.compile={str(args.compile).lower()}",
         f"engine.ds_config={args.ds or f'ds_configs/zero{args.zero}.json'}",
         f"mask.ratio={args.mask_ratio}", f"mask.decoder_ratio={args.decoder_mask_ratio}",
@@ -73,6 +73,7 @@ def _sync(device: torch.device) -> None:
 def run(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     rank, world, _, device = init_distributed(cfg)
+    cfg = resolve_precision(cfg, device)
     torch.manual_seed(cfg.stage.seed + rank)
     model = construct_model(cfg, cfg.model.resolved(), "pretrain")
     engine, info = build_engine(model, cfg, device)
@@ -85,10 +86,10 @@ def run(args: argparse.Namespace) -> dict:
     enc, dec = enc.to(device), dec.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elapsed, loss = 0.0, float("nan")
+    elapsed, cpu, loss = 0.0, 0.0, float("nan")
     for i in range(args.warmup + args.steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         info.loss_scaler.before_step(engine)
         out = engine(video, enc, dec)
         engine.backward(out.loss)
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         _sync(device)
         if i >= args.warmup:
             elapsed += time.perf_counter() - t0
+            cpu += time.process_time() - c0
         loss = float(out.loss.detach())
     clips = args.steps * args.batch * world
     tput = Throughput(train_flops_per_clip(mcfg, cfg.mask), device, cfg.precision.encoder, world)
@@ -106,6 +108,9 @@ def run(args: argparse.Namespace) -> dict:
               "compile": cfg.engine.compile,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "steps": args.steps, "steps_per_s": args.steps / elapsed,
+              # CPU seconds (all threads of this process) per step: on a shared machine with
+              # OMP_NUM_THREADS=1 this barely moves with load, unlike steps/s
+              "cpu_s_per_step": cpu / args.steps,
               "train_flops_per_clip": tput.flops_per_clip, "last_loss": loss,
               **tput.update(clips, elapsed), **memory_stats(device)}
     return result

@@ -106,10 +106,13 @@ def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]
 
 
 def _check_precision_sections(ds: dict, cfg: RunConfig, where: str) -> None:
+    """The JSON's fp16/bf16 `enabled` must agree with the *resolved* encoder precision. Before
+    the device is known (the pre-flight check) precision.encoder=auto cannot be compared yet;
+    the engine build checks again with the resolved value."""
     enc = cfg.precision.encoder
     for section, want in (("fp16", enc == "fp16"), ("bf16", enc == "bf16")):
         enabled = ds.get(section, {}).get("enabled", "auto")
-        if enabled != "auto" and bool(enabled) != want:
+        if enabled != "auto" and enc != "auto" and bool(enabled) != want:
             raise ConfigError(
                 f"{where}: {section}.enabled={json.dumps(enabled)} but recipe precision.encoder={enc} "
                 f"— set {section}.enabled to \"auto\" (or remove it) and choose the precision in the recipe")
@@ -313,6 +316,18 @@ def _zero3_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+def _check_fp32_shards(model: nn.Module) -> None:
+    """Parameters and optimizer state are FP32 by policy (engine/precision.py); a zero.Init
+    that chose another dtype would fail later as a dtype clash deep inside a forward."""
+    import deepspeed
+
+    got = sorted({str(getattr(p, "ds_tensor", p).dtype) for p in model.parameters()})
+    if got != ["torch.float32"]:
+        raise ConfigError(f"deepspeed.zero.Init (DeepSpeed {deepspeed.__version__}) built the model in "
+                          f"{', '.join(got)}, not FP32 — set engine.zero_init=false to build it unpartitioned "
+                          "and report the DeepSpeed version")
+
+
 def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain",
                     ds: Optional[MergedDS] = None) -> nn.Module:
     """The model as the engine will hold it. Under ZeRO-3 with engine.zero_init it is built
@@ -328,9 +343,14 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain",
     ds = (ds or resolve_ds_config(cfg, world)).config
     if zero_stage(ds) != 3 or not cfg.engine.zero_init:
         return build_model(model_cfg, kind)
-    with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"},
-                             dtype=torch.float32):
+    # dtype stays None on purpose: the merged config (fp16/bf16 sections disabled) then makes
+    # zero.Init build FP32. An explicit dtype=torch.float32 is ignored by DeepSpeed's
+    # Init._set_dtype (0.15 … 0.19.8 at least): `dtype or torch.float16 if fp16_supported else
+    # torch.bfloat16 if ...` parses as `(dtype or fp16) if ... else bf16`, so on an accelerator
+    # without FP16 support (a CPU without oneDNN fp16: AMD, older Intel) it builds a BF16 model.
+    with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"}):
         model = build_model(model_cfg, kind, init=False)
+    _check_fp32_shards(model)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for m in _post_order(model):  # the order model.init_weights() uses, so the RNG stream matches
         own = list(m.parameters(recurse=False))
@@ -401,6 +421,7 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     load_universal: the run resumes a universal checkpoint (another world size / ZeRO stage)."""
     import deepspeed
 
+    assert cfg.precision.encoder != "auto", "resolve_precision(cfg, device) before build_engine"
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     merged = ds or resolve_ds_config(cfg, world)
     ds, scale_cfg = copy.deepcopy(merged.config), merged.scale

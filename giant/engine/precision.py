@@ -14,29 +14,111 @@ and FP16 uses `DynamicLossScaler` below, pushed into the ZeRO optimizer through 
 divides it out before clipping, and — because the optimizer dtype is FP32 — treats a
 non-finite *global* gradient norm (all-reduced across ranks) as an overflow: every rank skips the
 same step and `engine.skipped_steps` counts it. We only move the scale.
+
+`precision.encoder: auto` is resolved per device by `resolve_precision` once per run, before
+anything reads it: BF16 where the hardware has it (FP16 on GPUs without BF16), FP32 on CPUs
+that would only emulate BF16 (4-27x slower training steps there, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import platform
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
+from giant.config import RunConfig
 from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _WRAPPED = "_giant_precision_wrapped"
+# BF16 vs FP32 train step on an AVX2-only EPYC (issue 7): tiny 8x32 4.4x, ViT-B 16x224 27x slower;
+# 3.6x / 6.5x with oneDNN capped at AVX2 on a Zen 4 (docs/PERFORMANCE.md).
+EMULATED_BF16_COST = "4-27x slower training steps than fp32"
 
 
 def low_precision_dtype(name: str) -> Optional[torch.dtype]:
     if name not in DTYPES:
-        raise ConfigError(f"precision.encoder={name!r}: use fp32, bf16 or fp16")
+        raise ConfigError(f"precision.encoder={name!r}: use fp32, bf16 or fp16 "
+                          "(auto is resolved per device by resolve_precision before the engine is built)")
     return DTYPES[name]
+
+
+# ----------------------------------------------------------------------------- auto resolution
+def cpu_native_bf16() -> bool:
+    """Whether this CPU runs BF16 matmuls natively rather than by conversion to FP32.
+
+    oneDNN's own check (torch.ops.mkldnn._is_mkldnn_bf16_supported) is False on AVX2-only CPUs
+    (and under ONEDNN_MAX_CPU_ISA=AVX2) but True on any AVX-512 core, where BF16 without the
+    avx512_bf16/AMX instructions is emulated too: on x86 one of those is required as well."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        if probe is None or not probe():
+            return False
+    except RuntimeError:  # a torch built without oneDNN
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    isa = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(f is None for f in isa):  # an older torch without the ISA probes: oneDNN's word
+        return True
+    return any(f is not None and f() for f in isa)
+
+
+def cuda_bf16(device: torch.device) -> bool:
+    """Native BF16 on this GPU (Ampere+ or ROCm); torch's default also counts emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 had no emulation flag
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def choose_encoder_precision(requested: str, device: torch.device | str) -> tuple[str, str]:
+    """(concrete precision, why) for `precision.encoder` on `device`; concrete requests pass."""
+    device = torch.device(device)
+    if requested != "auto":
+        return requested, "set in the recipe"
+    if device.type == "cuda":
+        if cuda_bf16(device):
+            return "bf16", "GPU with BF16"
+        return "fp16", "GPU without BF16 (loss-scaled FP16)"
+    if device.type == "cpu":
+        if cpu_native_bf16():
+            return "bf16", "CPU with native BF16"
+        return "fp32", f"CPU without native BF16, where BF16 means {EMULATED_BF16_COST}"
+    return "fp32", f"no low-precision policy for {device.type} devices"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(level: int, msg: str) -> None:
+    """One line per process however often a run resolves; rank 0 only (every rank decides)."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    log.log(level if rank == 0 else logging.DEBUG, msg)
+
+
+def resolve_precision(cfg: RunConfig, device: torch.device | str) -> RunConfig:
+    """Copy of `cfg` whose precision.encoder is concrete for `device` (auto → bf16/fp16/fp32).
+
+    Called once per run right after the device is known, so the loss scaler, the loop's fp16
+    flag, MFU, the DeepSpeed JSON checks, checkpoint meta and the dumped config all see the
+    value actually trained with (a run written with auto resumes on the same kind of device)."""
+    requested = cfg.precision.encoder
+    enc, why = choose_encoder_precision(requested, device)
+    if requested == "auto":
+        _log_once(logging.INFO, f"precision.encoder=auto -> {enc} ({why})")
+    elif enc == "bf16" and torch.device(device).type == "cpu" and not cpu_native_bf16():
+        _log_once(logging.WARNING, f"precision.encoder=bf16 on a CPU without native BF16: its BF16 matmuls "
+                  f"are emulated, expect {EMULATED_BF16_COST} (docs/PERFORMANCE.md); "
+                  "precision.encoder=auto picks fp32 here")
+    if enc == requested:
+        return cfg
+    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, encoder=enc))
 
 
 def _low_modules(model: nn.Module, encoder_precision: str) -> list[nn.Module]:

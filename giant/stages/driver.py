@@ -217,8 +217,12 @@ def run_stage(stage: Stage) -> dict:
 def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
     from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
 
-    cfg = stage.cfg
-    rank, world, _, device = init_distributed(cfg)
+    from giant.engine.precision import resolve_precision
+
+    rank, world, _, device = init_distributed(stage.cfg)
+    # auto → bf16/fp16/fp32 for this device, once; the JSON is re-merged against the concrete value
+    stage.cfg = cfg = resolve_precision(stage.cfg, device)
+    ds = resolve_ds_config(cfg, world)
     run_dir = Path(cfg.stage.run_dir)
     if rank == 0:
         (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew

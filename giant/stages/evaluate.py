@@ -145,7 +145,10 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
     from giant.data import TestViews, collate_test, make_loader
     from giant.engine.deepspeed import init_distributed
 
+    from giant.engine.precision import resolve_precision
+
     rank, world, _, device = init_distributed(cfg)
+    cfg = resolve_precision(cfg, device)
     model, model_cfg = build_eval_model(cfg, device)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     if not (cfg.data.test_manifest or cfg.data.val_manifest):

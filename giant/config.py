@@ -116,16 +116,23 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule. lr = blr · global_batch / 256, global batch counting repeats."""
+    """Optimiser and schedule (giant/engine/schedule.py), the official VideoMAE V2 curve: linear
+    warmup from `warmup_lr` to the peak over `warmup_steps` (the last warmup step at the peak),
+    then a half cosine to the end value at `total_steps`. Peak and end scale with the global
+    batch (videos/GPU × data.num_sample × GPUs × accum_steps clips) / 256, as the official
+    script scales its --lr and --min_lr; `lr` / `min_lr` override them with absolute values."""
 
     batch_size: int = 2  # videos per GPU per micro-step (each gives data.num_sample clips)
     accum_steps: int = 1
     total_steps: int = 100
     warmup_steps: int = 10
-    lr: Optional[float] = None  # absolute lr; None = blr · global_batch / 256
+    lr: Optional[float] = None  # absolute peak lr; None = blr · global_batch / 256
     blr: float = 1.5e-4
-    min_lr: float = 1e-6
-    warmup_lr: float = 1e-6
+    # absolute end lr; None = min_blr · global_batch / 256
+    min_lr: Optional[float] = None
+    # official --min_lr 1e-5 per 256 VIDEOS = 2.5e-6 per 256 clips at 4 repeats (ViT-g: 8e-5)
+    min_blr: float = 2.5e-6
+    warmup_lr: float = 0.0  # absolute lr of step 0 (official: 0)
     weight_decay: float = 0.05
     weight_decay_end: Optional[float] = None  # cosine wd schedule end; None = constant
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -312,6 +319,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"mask.decoder_ratio={cfg.mask.decoder_ratio}: must be in [0, 1)")
     if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
         raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
+    lrs = {"optim.lr": cfg.optim.lr, "optim.blr": cfg.optim.blr, "optim.min_lr": cfg.optim.min_lr,
+           "optim.min_blr": cfg.optim.min_blr, "optim.warmup_lr": cfg.optim.warmup_lr}
+    negative = [k for k, v in lrs.items() if v is not None and v < 0]
+    if negative:
+        raise ConfigError(f"{negative[0]}={lrs[negative[0]]}: learning rates must be >= 0")
     if cfg.optim.warmup_steps > cfg.optim.total_steps:
         raise ConfigError(
             f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds optim.total_steps={cfg.optim.total_steps}")

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from giant.config import OptimConfig, RunConfig
 from giant.engine.precision import LossScaleConfig, LossScaler, apply_precision, build_loss_scaler
-from giant.engine.schedule import peak_lr
+from giant.engine.schedule import resolve_lrs
 from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def load_ds_json(path: str | Path) -> dict:
 
 
 def resolve_optim(optim: OptimConfig, global_batch_clips: int) -> OptimConfig:
-    """Copy with the absolute lr filled in (blr scaled by the global batch incl. repeats)."""
-    return dataclasses.replace(optim, lr=peak_lr(optim, global_batch_clips))
+    """Copy with the absolute peak and end lr filled in (blr / min_blr scaled by the global
+    batch incl. repeats)."""
+    return resolve_lrs(optim, global_batch_clips)
 
 
 def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]:

@@ -307,6 +307,21 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
+def _check_running_cell(mask: MaskConfig) -> None:
+    """The official count of dropped positions per 2×2 cell is int(4·ratio) and must be 1..3
+    (giant.masking.running_cell_count says the same at mask construction; config.py imports
+    nothing of giant, so the arithmetic is repeated here to fail before any process starts)."""
+    if mask.decoder != "running_cell" or mask.decoder_ratio == 0:
+        return  # ratio 0 / decoder none: VideoMAE V1, the decoder reconstructs the masked tokens
+    count = int(4 * mask.decoder_ratio)
+    if not 0 < count < 4:
+        raise ConfigError(
+            f"mask.decoder_ratio={mask.decoder_ratio}: the running-cell decoder mask drops "
+            f"int(4·ratio)={count} of the 4 positions of each cell, which must be 1..3; use a "
+            "ratio in [0.25, 1) (official 0.5), or mask.decoder_ratio=0 / mask.decoder=none "
+            "for VideoMAE V1")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks a user can trip over; each names the key and the fix."""
     if cfg.precision.encoder not in ("fp32", "bf16", "fp16"):
@@ -317,6 +332,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"mask.ratio={cfg.mask.ratio}: must be in [0, 1)")
     if not 0 <= cfg.mask.decoder_ratio < 1:
         raise ConfigError(f"mask.decoder_ratio={cfg.mask.decoder_ratio}: must be in [0, 1)")
+    _check_running_cell(cfg.mask)
     if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
         raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
     lrs = {"optim.lr": cfg.optim.lr, "optim.blr": cfg.optim.blr, "optim.min_lr": cfg.optim.min_lr,

@@ -169,11 +169,15 @@ class PretrainClips(VideoDataset):
         frames = self._read(entry, lambda s, e: dense_indices(s, e, self.num_frames, stride, rng))
         return frames_to_tensor(frames)
 
+    def crop_boxes(self, height: int, width: int, rng) -> list[tuple[int, int, int, int]]:
+        """`num_sample` (top, left, h, w) boxes: the official pre-training GroupMultiScaleCrop,
+        whose more_fix_crop=True places a crop at one of 13 fixed offsets (not 5)."""
+        return [multi_scale_crop_box(height, width, self.size, rng, self.scales, more_offsets=True)
+                for _ in range(self.num_sample)]
+
     def crops(self, video: torch.Tensor, rng) -> torch.Tensor:
         """`num_sample` independent multi-scale crops of one decoded window: [R, C, T, S, S]."""
-        h, w = video.shape[-2:]
-        boxes = [multi_scale_crop_box(h, w, self.size, rng, self.scales)
-                 for _ in range(self.num_sample)]
+        boxes = self.crop_boxes(*video.shape[-2:], rng)
         return stack_cthw([crop_resize(video, box, self.size) for box in boxes])
 
     def masks(self, index: int, attempt: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from giant.data.decode import BACKENDS, VideoDecodeError, frame_range, open_video
+from giant.data.decode import BACKENDS, VideoDecodeError, clip_range, open_video
 from giant.data.manifest import VideoEntry, load_entries
 from giant.data.sampling import (dense_indices, dense_test_views, segment_indices,
                                  segment_test_views, spatial_crop_offsets, union_indices)
@@ -60,7 +60,7 @@ class VideoDataset(Dataset):
     def _read(self, entry: VideoEntry, indices_fn) -> np.ndarray:
         """Open, pick indices from the usable frame range, decode: uint8 [T, H, W, C]."""
         with open_video(entry.path, self.backend) as reader:
-            start, end = frame_range(reader.num_frames, entry.start, entry.end)
+            start, end = clip_range(reader, entry.start, entry.end, entry.numbered)
             return reader.get_frames(indices_fn(start, end))
 
     def _note_failure(self, entry: VideoEntry, exc: Exception) -> str:

@@ -37,6 +37,13 @@ _Yaml12Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# ImageNet pixel statistics: the default of data.mean / data.std, and the only copy. The model
+# un-normalises its input with the values of data.mean / data.std it is built with
+# (giant.models.build_model), so a recipe that changes them changes both together.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def yaml_load(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
@@ -98,8 +105,10 @@ class DataConfig:
     num_workers: int = 2
     max_fail_fraction: float = 0.01  # stop when more than this share of videos is unreadable
     min_fail_count: int = 20  # ...but never before this many failures (small-sample noise)
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # per-channel pixel statistics (of x/255) for input normalisation; the pre-training model
+    # un-normalises its target with the same values (one source)
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
     short_side: int = 0  # eval/test: resize the short side to this before cropping; 0 = model.img_size (SPEC §4)
     test_manifest: str = ""  # multi-view test list; "" = val_manifest
     sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
@@ -322,6 +331,15 @@ def _check_running_cell(mask: MaskConfig) -> None:
             "for VideoMAE V1")
 
 
+def _check_pixel_stats(mean: list, std: list, chans: int) -> None:
+    for key, values in (("data.mean", mean), ("data.std", std)):
+        if len(values) != chans or not all(isinstance(v, (int, float)) for v in values):
+            raise ConfigError(f"{key}={values}: need {chans} numbers, one per channel "
+                              f"(model.in_chans={chans})")
+    if any(v <= 0 for v in std):
+        raise ConfigError(f"data.std={std}: every value must be > 0")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks a user can trip over; each names the key and the fix."""
     if cfg.precision.encoder not in ("fp32", "bf16", "fp16"):
@@ -333,6 +351,7 @@ def validate(cfg: RunConfig) -> None:
     if not 0 <= cfg.mask.decoder_ratio < 1:
         raise ConfigError(f"mask.decoder_ratio={cfg.mask.decoder_ratio}: must be in [0, 1)")
     _check_running_cell(cfg.mask)
+    _check_pixel_stats(cfg.data.mean, cfg.data.std, cfg.model.in_chans)
     if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
         raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
     lrs = {"optim.lr": cfg.optim.lr, "optim.blr": cfg.optim.blr, "optim.min_lr": cfg.optim.min_lr,

@@ -312,11 +312,12 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain") -> n
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     ds = check_ds_config(cfg, world)
+    stats = dict(mean=cfg.data.mean, std=cfg.data.std)  # the model undoes the data's normalisation
     if zero_stage(ds) != 3 or not cfg.engine.zero_init:
-        return build_model(model_cfg, kind)
+        return build_model(model_cfg, kind, **stats)
     with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"},
                              dtype=torch.float32):
-        model = build_model(model_cfg, kind, init=False)
+        model = build_model(model_cfg, kind, init=False, **stats)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for m in _post_order(model):  # the order model.init_weights() uses, so the RNG stream matches
         own = list(m.parameters(recurse=False))

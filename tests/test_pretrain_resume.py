@@ -57,6 +57,7 @@ def runs(synth_videos, tmp_path_factory):
             "first_log": first.stdout + first.stderr}
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_losses(runs):
     full, resumed = losses(runs["dir"] / "full"), losses(runs["dir"] / "resumed")
     assert sorted(full) == sorted(resumed) == list(range(1, STEPS + 1))
@@ -67,6 +68,7 @@ def test_resume_reproduces_uninterrupted_losses(runs):
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_and_replays_the_lost_step(runs, synth_videos, tmp_path):
     run = tmp_path / "full"
     shutil.copytree(runs["dir"] / "full", run)
@@ -82,6 +84,7 @@ def test_a_damaged_latest_checkpoint_falls_back_and_replays_the_lost_step(runs, 
     assert ck.verify_files(run / "checkpoints" / "step_00000004") is None  # re-saved intact
 
 
+@pytest.mark.slow
 def test_run_dir_artifacts(runs):
     run = runs["dir"] / "full"
     summary = json.loads((run / "summary.json").read_text())
@@ -115,6 +118,7 @@ def test_run_dir_artifacts(runs):
     assert all(torch.isfinite(t).all() for t in state.values())
 
 
+@pytest.mark.slow
 def test_giant_export_cli_and_init_from(runs, tmp_path):
     """`giant export RUN_DIR` needs no process group; the next stage starts from its output."""
     from giant.config import load_config
@@ -132,6 +136,7 @@ def test_giant_export_cli_and_init_from(runs, tmp_path):
         assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.slow
 def test_resume_into_a_different_model_is_a_clear_error(runs, synth_videos):
     proc = single("--recipe", "launch/recipes/demo_pretrain.yaml", f"stage.run_dir={runs['dir'] / 'resumed'}",
                   "model.img_size=32", "model.patch_size=8", "model.num_frames=4", "model.decoder_depth=2",

@@ -20,7 +20,7 @@ import torch
 from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
                                      export_weights, load_weights, needs_reshard, prepare_universal,
-                                     read_meta)
+                                     read_meta, prepare_run_dir)
 from giant.engine.deepspeed import (build_engine, check_ds_config, construct_model, init_distributed,
                                     load_state, zero_stage)
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
@@ -208,6 +208,7 @@ def _finish(cfg: RunConfig, run_dir: Path, rank: int, result: Any, obs: _Observe
 def run(cfg: RunConfig) -> dict:
     """Pre-train; returns the artifacts (paths, losses, reason). Collective over all ranks."""
     check_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    prepare_run_dir(cfg.stage.run_dir, cfg.checkpoint.resume)  # resume=never over an old run: refuse
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
     # end in a clean save + PREEMPTED marker, not the default kill
     flag = SignalFlag()

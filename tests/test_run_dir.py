@@ -47,6 +47,11 @@ def test_fresh_or_setup_only_dirs_and_other_resume_modes_pass(tmp_path):
     old_run(tmp_path / "run")
     prepare_run_dir(tmp_path / "run", "auto")  # continuing the run is what auto is for
     prepare_run_dir(tmp_path / "run", str(tmp_path / "run"))
+    # it only decides: nothing is created, removed or archived
+    assert sorted(p.name for p in setup_only.iterdir()) == ["ERROR", "checkpoints", "config.yaml",
+                                                            "metrics.jsonl"]
+    assert not (tmp_path / "missing").exists()
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "giant_meta.json").is_file()
 
 
 def test_the_stage_refuses_before_touching_anything(tmp_path):

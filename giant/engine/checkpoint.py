@@ -172,10 +172,11 @@ def prepare_run_dir(run_dir: str | Path, resume: str) -> None:
     group exists; every rank sees the same files, so every rank refuses alike."""
     if resume != "never":
         return
+    def holds(path: Path) -> bool:  # an empty file or folder (a start that failed) holds nothing
+        return path.stat().st_size > 0 if path.is_file() else path.is_dir() and any(path.iterdir())
+
     run_dir = Path(run_dir)
-    found = [name for name in RUN_RECORDS
-             if (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0
-             or (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    found = [name for name in RUN_RECORDS if holds(run_dir / name)]
     if found:
         raise ConfigError(
             f"checkpoint.resume=never but {run_dir} already holds a run ({', '.join(found)}); "

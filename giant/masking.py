@@ -18,7 +18,8 @@ from giant.errors import ConfigError
 from giant.models.vit import token_grid  # re-exported: data code asks masking for the grid
 
 __all__ = ["MaskGenerator", "token_grid", "tube_keep", "random_keep", "frame_keep", "block_keep",
-           "running_cell_keep", "running_cell_masked", "running_cell_count", "keep_to_mask", "mask_to_keep", "complement"]
+           "running_cell_keep", "running_cell_masked", "running_cell_count", "keep_to_mask",
+           "mask_to_keep", "complement"]
 
 Grid = tuple[int, int, int]
 

@@ -84,9 +84,9 @@ class MaskedVideoAutoencoder(nn.Module):
         grid = self.encoder.grid
         src = tuple(cfg.pos_grid) if cfg.pos_grid else None
         self.register_buffer("decoder_pos_embed", position_table(grid, dec_dim, src), persistent=False)
-        stats = dict(dtype=torch.float32)
-        self.register_buffer("mean", torch.tensor(mean, **stats).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, **stats).view(1, -1, 1, 1, 1), persistent=False)
+        f32 = torch.float32  # the target is fp32 whatever the recipe's list holds (ints too)
+        self.register_buffer("mean", torch.tensor(mean, dtype=f32).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=f32).view(1, -1, 1, 1, 1), persistent=False)
         if init:  # init=False: the caller runs init_module itself (ZeRO-3 builds partitioned)
             self.init_weights()
 

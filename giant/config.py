@@ -37,6 +37,13 @@ _Yaml12Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# ImageNet pixel statistics: the default of data.mean / data.std, and the only copy. The model
+# un-normalises its input with the values of data.mean / data.std it is built with
+# (giant.models.build_model), so a recipe that changes them changes both together.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def yaml_load(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
@@ -111,8 +118,10 @@ class DataConfig:
     num_workers: int = 2
     max_fail_fraction: float = 0.01  # stop when more than this share of videos is unreadable
     min_fail_count: int = 20  # ...but never before this many failures (small-sample noise)
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # per-channel pixel statistics (of x/255) for input normalisation; the pre-training model
+    # un-normalises its target with the same values (one source)
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
     short_side: int = 0  # eval/test: resize the short side to this before cropping; 0 = model.img_size (SPEC §4)
     test_manifest: str = ""  # multi-view test list; "" = val_manifest
     sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
@@ -137,16 +146,23 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule. lr = blr · global_batch / 256, global batch counting repeats."""
+    """Optimiser and schedule (giant/engine/schedule.py), the official VideoMAE V2 curve: linear
+    warmup from `warmup_lr` to the peak over `warmup_steps` (the last warmup step at the peak),
+    then a half cosine to the end value at `total_steps`. Peak and end scale with the global
+    batch (videos/GPU × data.num_sample × GPUs × accum_steps clips) / 256, as the official
+    script scales its --lr and --min_lr; `lr` / `min_lr` override them with absolute values."""
 
     batch_size: int = 2  # videos per GPU per micro-step (each gives data.num_sample clips)
     accum_steps: int = 1
     total_steps: int = 100
     warmup_steps: int = 10
-    lr: Optional[float] = None  # absolute lr; None = blr · global_batch / 256
+    lr: Optional[float] = None  # absolute peak lr; None = blr · global_batch / 256
     blr: float = 1.5e-4
-    min_lr: float = 1e-6
-    warmup_lr: float = 1e-6
+    # absolute end lr; None = min_blr · global_batch / 256
+    min_lr: Optional[float] = None
+    # official --min_lr 1e-5 per 256 VIDEOS = 2.5e-6 per 256 clips at 4 repeats (ViT-g: 8e-5)
+    min_blr: float = 2.5e-6
+    warmup_lr: float = 0.0  # absolute lr of step 0 (official: 0)
     weight_decay: float = 0.05
     weight_decay_end: Optional[float] = None  # cosine wd schedule end; None = constant
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -343,6 +359,30 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
+def _check_running_cell(mask: MaskConfig) -> None:
+    """The official count of dropped positions per 2×2 cell is int(4·ratio) and must be 1..3
+    (giant.masking.running_cell_count says the same at mask construction; config.py imports
+    nothing of giant, so the arithmetic is repeated here to fail before any process starts)."""
+    if mask.decoder != "running_cell" or mask.decoder_ratio == 0:
+        return  # ratio 0 / decoder none: VideoMAE V1, the decoder reconstructs the masked tokens
+    count = int(4 * mask.decoder_ratio)
+    if not 0 < count < 4:
+        raise ConfigError(
+            f"mask.decoder_ratio={mask.decoder_ratio}: the running-cell decoder mask drops "
+            f"int(4·ratio)={count} of the 4 positions of each cell, which must be 1..3; use a "
+            "ratio in [0.25, 1) (official 0.5), or mask.decoder_ratio=0 / mask.decoder=none "
+            "for VideoMAE V1")
+
+
+def _check_pixel_stats(mean: list, std: list, chans: int) -> None:
+    for key, values in (("data.mean", mean), ("data.std", std)):
+        if len(values) != chans or not all(isinstance(v, (int, float)) for v in values):
+            raise ConfigError(f"{key}={values}: need {chans} numbers, one per channel "
+                              f"(model.in_chans={chans})")
+    if any(v <= 0 for v in std):
+        raise ConfigError(f"data.std={std}: every value must be > 0")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks a user can trip over; each names the key and the fix."""
     if cfg.precision.encoder not in ("auto", "fp32", "bf16", "fp16"):
@@ -353,8 +393,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"mask.ratio={cfg.mask.ratio}: must be in [0, 1)")
     if not 0 <= cfg.mask.decoder_ratio < 1:
         raise ConfigError(f"mask.decoder_ratio={cfg.mask.decoder_ratio}: must be in [0, 1)")
+    _check_running_cell(cfg.mask)
+    _check_pixel_stats(cfg.data.mean, cfg.data.std, cfg.model.in_chans)
     if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
         raise ConfigError("optim.batch_size and optim.accum_steps must be >= 1")
+    lrs = {"optim.lr": cfg.optim.lr, "optim.blr": cfg.optim.blr, "optim.min_lr": cfg.optim.min_lr,
+           "optim.min_blr": cfg.optim.min_blr, "optim.warmup_lr": cfg.optim.warmup_lr}
+    negative = [k for k, v in lrs.items() if v is not None and v < 0]
+    if negative:
+        raise ConfigError(f"{negative[0]}={lrs[negative[0]]}: learning rates must be >= 0")
     if cfg.optim.warmup_steps > cfg.optim.total_steps:
         raise ConfigError(
             f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds optim.total_steps={cfg.optim.total_steps}")

@@ -37,6 +37,7 @@ from typing import Optional
 from giant.config import MaskConfig, ModelConfig
 from giant.cli import out
 from giant.errors import ConfigError, GiantError
+from giant.masking import running_cell_count
 from giant.models.vit import token_grid
 
 STAGES = ("pretrain", "finetune")
@@ -98,8 +99,8 @@ def decoder_kept_tokens(grid: tuple[int, int, int], mask: MaskConfig, visible: i
     s = h * w
     if mask.decoder == "none" or mask.decoder_ratio == 0:
         return t * s - visible  # VideoMAE V1: every encoder-masked token
-    if mask.decoder == "running_cell":  # every 2×2 cell keeps 4 − round(4·ratio) positions
-        return t * s * (4 - round(4 * mask.decoder_ratio)) // 4
+    if mask.decoder == "running_cell":  # every 2×2 cell keeps 4 − int(4·ratio) positions
+        return t * s * (4 - running_cell_count(mask.decoder_ratio)) // 4
     raise ConfigError(f"mask.decoder={mask.decoder!r} is unknown; use running_cell or none")
 
 

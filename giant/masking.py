@@ -19,8 +19,8 @@ from giant.errors import ConfigError
 from giant.models.vit import token_grid  # re-exported: data code asks masking for the grid
 
 __all__ = ["MaskGenerator", "token_grid", "tube_keep", "random_keep", "frame_keep", "block_keep",
-           "running_cell_keep", "running_cell_masked", "keep_to_mask", "mask_to_keep", "complement",
-           "adaptive_placeholder"]
+           "running_cell_keep", "running_cell_masked", "running_cell_count", "keep_to_mask",
+           "mask_to_keep", "complement", "adaptive_placeholder"]
 
 Grid = tuple[int, int, int]
 
@@ -128,11 +128,27 @@ def running_cell_keep(grid: Grid, ratio: float, g: torch.Generator, cell: int = 
     return mask_to_keep(running_cell_masked(grid, ratio, start, cell))
 
 
+def running_cell_count(ratio: float, cell: int = 2) -> int:
+    """Positions of each cell the decoder does NOT reconstruct: int(4·ratio), truncated as the
+    official RunningCellMaskingGenerator does, which also requires 0 < count < 4. A count of
+    4 would leave the decoder nothing to reconstruct (loss 0, no learning), 0 would make it
+    reconstruct the whole clip; both are refused here rather than trained on."""
+    size = cell * cell
+    count = int(size * ratio)
+    if not 0 < count < size:
+        raise ConfigError(
+            f"mask.decoder_ratio={ratio}: the running-cell decoder mask drops int({size}·ratio)="
+            f"{count} of the {size} positions of each cell, which must be 1..{size - 1}; use a "
+            f"ratio in [{1 / size:g}, 1) (official 0.5), or mask.decoder_ratio=0 / "
+            f"mask.decoder=none for VideoMAE V1")
+    return count
+
+
 def running_cell_masked(grid: Grid, ratio: float, start: int, cell: int = 2) -> torch.Tensor:
     """(N,) bool, True = not reconstructed, for start phase `start` (official Cell queue)."""
     t, h, w = grid
     size = cell * cell
-    num_masked = int(round(ratio * size))
+    num_masked = running_cell_count(ratio, cell)
     queue = torch.cat([torch.ones(num_masked), torch.zeros(size - num_masked)]).bool()
     slices = []
     for ti in range(t):

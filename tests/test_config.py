@@ -1,8 +1,10 @@
 """Config tree: recipes + dotted overrides, strict keys, clear errors, dump round trip."""
+import dataclasses
+
 import pytest
 import yaml
 
-from giant.config import RunConfig, dump_config, load_config, parse_overrides, to_dict
+from giant.config import dump_config, load_config, parse_overrides, to_dict
 from giant.errors import ConfigError
 
 
@@ -46,7 +48,14 @@ def test_dump_round_trip(tmp_path):
     again = load_config(tmp_path / "c.yaml")
     assert to_dict(again) == to_dict(cfg)
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["optim"]["clip_grad"] == 0.02
-    assert isinstance(RunConfig().model.num_frames, int)
+    # the run dir's config.yaml (absolute lr and min_lr resolved) loads back as a recipe
+    from giant.engine.schedule import resolve_lrs
+
+    resolved = dataclasses.replace(cfg, optim=resolve_lrs(cfg.optim, 8192))
+    dump_config(resolved, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert (again.optim.lr, again.optim.min_lr) == (resolved.optim.lr, resolved.optim.min_lr)
+    assert (again.optim.lr, again.optim.min_lr) == pytest.approx((4.8e-3, 8e-5))
 
 
 def test_yaml_1_2_scalars(tmp_path):

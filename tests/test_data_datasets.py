@@ -60,6 +60,30 @@ def test_pretrain_one_window_for_all_repeats(entries):
         assert (item["video"][r].int() - expected.int()).abs().float().mean() < 2  # decord vs pyav
 
 
+# official fill_fix_offset(more_fix_crop=True), as (w, h) multiples of the steps
+# ((image − crop) // 4): 4 corners, centre, 4 edge centres, 4 quarter points
+OFFICIAL_OFFSETS = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
+                    (1, 1), (3, 1), (1, 3), (3, 3)]
+
+
+def test_pretrain_crops_use_the_official_13_offsets():
+    height, width, size = 90, 160, 32
+    ds = PretrainClips([VideoEntry("unused.mp4")], size=size, num_sample=4)
+    # the official crop sizes: short side × (1, .875, .75, .66), at most one scale step apart
+    sides = [int(90 * s) for s in (1, .875, .75, .66)]
+    expected = set()
+    for i, ch in enumerate(sides):
+        for j, cw in enumerate(sides):
+            if abs(i - j) <= 1:
+                w_step, h_step = (width - cw) // 4, (height - ch) // 4
+                expected |= {(b * h_step, a * w_step, ch, cw) for a, b in OFFICIAL_OFFSETS}
+    rng = np.random.default_rng(0)
+    seen = {box for _ in range(3000) for box in ds.crop_boxes(height, width, rng)}
+    assert seen == expected
+    smallest = {(top, left) for top, left, ch, cw in seen if ch == cw == sides[-1]}
+    assert len(smallest) == 13  # both steps > 0 here: 13 distinct places (5 without more_fix_crop)
+
+
 def test_per_source_stride_and_frame_range(entries):
     e = replace(entries[0], sampling_rate=1, start=10, end=14)
     ds = PretrainClips([e], num_frames=6, size=64, sampling_rate=4, num_sample=1,

@@ -65,6 +65,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").open())]
 
 
+@pytest.mark.slow
 def test_inductor_compiled_training_matches_eager_on_two_ranks(synth_videos, tmp_path):
     """The real backend (C++ kernels on CPU) through DeepSpeed ZeRO-2 with checkpointing."""
     args = ["--ds", "ds_configs/zero2.json", "--recipe", "launch/recipes/demo_pretrain.yaml",

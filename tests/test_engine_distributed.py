@@ -10,6 +10,8 @@ import pytest
 
 from _launch import tail, torchrun
 
+pytestmark = pytest.mark.slow  # multi-process DeepSpeed runs (pyproject.toml markers)
+
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):

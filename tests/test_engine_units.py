@@ -1,64 +1,24 @@
-"""Engine pieces that need no process group: schedules, JSON+recipe merge, param groups,
+"""Engine pieces that need no process group: JSON+recipe merge, param groups,
 activation checkpointing, the precision policy's dtypes, the FP16 loss scaler, checkpoint lookup."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from giant.config import OptimConfig, load_config
+from giant.config import load_config
 from giant.engine import checkpoint as ck
 from giant.engine.deepspeed import (apply_activation_checkpointing, load_ds_json,
                                     merge_ds_config, param_groups, resolve_optim, set_lr_wd)
 from giant.engine.precision import DynamicLossScaler, LossScaleConfig, apply_precision
-from giant.engine.schedule import lr_at, peak_lr, wd_at
 from giant.errors import CheckpointError, ConfigError
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.ratio=0.5"]
-
-
-def _optim(**kw) -> OptimConfig:
-    base = dict(total_steps=100, warmup_steps=10, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5)
-    return dataclasses.replace(OptimConfig(), **{**base, **kw})
-
-
-# ----------------------------------------------------------------------------- schedule
-def test_lr_warmup_then_cosine():
-    cfg = _optim()
-    assert lr_at(0, cfg) == pytest.approx(1e-6)
-    assert lr_at(5, cfg) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
-    assert lr_at(10, cfg) == pytest.approx(1e-3)  # peak exactly at the end of warmup
-    assert lr_at(55, cfg) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half-way down the cosine
-    assert lr_at(100, cfg) == pytest.approx(1e-5)
-    assert lr_at(10_000, cfg) == pytest.approx(1e-5)
-    values = [lr_at(s, cfg) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
-
-
-def test_wd_schedule_and_pure_functions():
-    assert wd_at(50, _optim(weight_decay=0.05)) == 0.05  # constant by default
-    cfg = _optim(weight_decay=0.04, weight_decay_end=0.4)
-    assert wd_at(0, cfg) == pytest.approx(0.04) and wd_at(100, cfg) == pytest.approx(0.4)
-    assert wd_at(50, cfg) == pytest.approx(0.22)
-    assert lr_at(37, cfg) == lr_at(37, cfg)  # no hidden state
-    with pytest.raises(ConfigError, match="optim.lr is unresolved"):
-        lr_at(0, _optim(lr=None))
-
-
-def test_base_lr_scales_with_global_batch_including_repeats():
-    # ViT-g recipe: 64 GPUs × 32 videos × 4 repeats = 8192 clips; blr 1.5e-4 → 4.8e-3
-    assert peak_lr(_optim(lr=None, blr=1.5e-4), 8192) == pytest.approx(4.8e-3)
-    cfg = load_config(REPO / "launch/recipes/pretrain_vitg_hybrid.yaml")
-    ds = merge_ds_config(load_ds_json("ds_configs/zero2.json"), cfg, 64, "zero2")[0]
-    assert ds["train_batch_size"] == 8192
-    assert resolve_optim(cfg.optim, ds["train_batch_size"]).lr == pytest.approx(cfg.optim.blr * 32)
-    assert cfg.optim.betas == [0.9, 0.95]
 
 
 # ----------------------------------------------------------------------------- JSON + recipe

@@ -101,7 +101,7 @@ def _masks(cfg, mask_cfg, batch):
 
 
 @pytest.mark.parametrize("encoder", ["tube", "random", "frame", "block"])
-@pytest.mark.parametrize("ratio,decoder_ratio", [(0.9, 0.5), (0.75, 0.0), (0.95, 0.25)])
+@pytest.mark.parametrize("ratio,decoder_ratio", [(0.9, 0.5), (0.75, 0.0), (0.95, 0.25), (0.9, 0.9)])
 def test_token_counts_match_mask_generator(encoder, ratio, decoder_ratio):
     from giant.masking import MaskGenerator
 

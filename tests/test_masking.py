@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from giant.config import MaskConfig
+from giant.config import MaskConfig, load_config
 from giant.errors import ConfigError
 from giant.masking import (MaskGenerator, block_keep, frame_keep, keep_to_mask, random_keep,
-                           running_cell_keep, running_cell_masked, tube_keep)
+                           running_cell_count, running_cell_keep, running_cell_masked, tube_keep)
 from _reference import reference_file
 
 G_GRID, B_GRID = (8, 16, 16), (8, 14, 14)
@@ -30,9 +30,9 @@ def test_random_frame_block_fixed_counts():
         assert random_keep(B_GRID, 0.9, gen(seed)).numel() == int(1568 * 0.1)
         fk = frame_keep(B_GRID, 0.5, gen(seed))
         assert fk.numel() == 4 * 196
-        slices = keep_to_mask(fk, 1568).view(8, 196)
-        assert set(slices.all(1).tolist() + slices.any(1).tolist()) <= {True, False}
-        assert ((slices.all(1)) | (~slices.any(1))).all()  # whole slices only
+        masked = keep_to_mask(fk, 1568).view(8, 196)
+        # whole slices only: 4 slices fully masked, the other 4 fully visible
+        assert int(masked.all(1).sum()) == 4 and int((~masked).all(1).sum()) == 4
         bk = block_keep(B_GRID, 0.9, gen(seed))
         assert bk.numel() == 1568 - int(0.9 * 1568)
         assert len(set(bk.tolist())) == bk.numel()
@@ -59,6 +59,40 @@ def test_running_cell_matches_official_masks():
     ref = torch.load(reference_file("videomaev2/videomaev2_parity_small.pt"), weights_only=False)
     for row in ref["decoder_mask"]:
         assert any(torch.equal(running_cell_masked((4, 4, 4), 0.5, s), row) for s in range(4))
+
+
+def official_running_cell(grid, ratio: float, start: int) -> torch.Tensor:
+    """The official RunningCellMaskingGenerator's map for pointer `start`, from its definition:
+    a queue of int(4·ratio) ones then zeros, read from (start + t + 1) mod 4 for slice t,
+    laid out as a 2×2 cell and tiled over the slice (1 = not reconstructed)."""
+    t, h, w = grid
+    n = int(4 * ratio)
+    queue = torch.tensor([1] * n + [0] * (4 - n), dtype=torch.bool)
+    rows = [queue.roll(-(start + ti + 1)).view(2, 2).repeat(h // 2, w // 2).flatten()
+            for ti in range(t)]
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("ratio, dropped", [(0.25, 1), (0.5, 2), (0.7, 2), (0.75, 3), (0.9, 3)])
+def test_running_cell_uses_the_official_truncated_count(ratio, dropped):
+    # round(4·0.9) = 4 would keep no decoder token (loss 0, no learning); int() keeps one per cell
+    assert running_cell_count(ratio) == dropped
+    grid = (4, 4, 6)
+    for start in range(4):
+        assert torch.equal(running_cell_masked(grid, ratio, start), official_running_cell(grid, ratio, start))
+    mg = MaskGenerator(MaskConfig(decoder="running_cell", decoder_ratio=ratio), G_GRID)
+    assert mg(gen())[1].numel() == 2048 * (4 - dropped) // 4
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.2499])
+def test_running_cell_ratio_leaving_no_dropped_cell_is_refused(ratio):
+    # int(4·ratio) = 0: the official generator asserts 0 < n < 4; here a clear config error
+    with pytest.raises(ConfigError, match=f"mask.decoder_ratio={ratio}: .* must be 1..3"):
+        load_config(None, [f"mask.decoder_ratio={ratio}"])
+    with pytest.raises(ConfigError, match=f"mask.decoder_ratio={ratio}: .* must be 1..3"):
+        MaskGenerator(MaskConfig(decoder_ratio=ratio), G_GRID)
+    load_config(None, [f"mask.decoder_ratio={ratio}", "mask.decoder=none"])  # unused under V1
+    load_config(None, ["mask.decoder_ratio=0"])  # ratio 0 = V1, still legal
 
 
 def test_dual_masking_decoder_tokens_vit_g():

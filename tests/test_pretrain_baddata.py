@@ -8,7 +8,11 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from _launch import REPO, tail, torchrun
+
+pytestmark = pytest.mark.slow  # multi-process DeepSpeed runs (pyproject.toml markers)
 
 
 def _manifest(tmp: Path, synth, bad: list[Path]) -> Path:

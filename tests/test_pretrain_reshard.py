@@ -55,6 +55,7 @@ def full(synth_videos, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_zero2_shrinks_and_grows_mid_run_and_matches_the_uninterrupted_run(synth_videos, full, tmp_path):
     run = tmp_path / "elastic"
     _ok(two_ranks(synth_videos, run, "stage.stop_after=2"))                 # steps 1-2 on 2 ranks
@@ -75,6 +76,7 @@ def test_zero2_shrinks_and_grows_mid_run_and_matches_the_uninterrupted_run(synth
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_zero3_resumes_on_fewer_ranks_from_a_pre_converted_checkpoint(synth_videos, full, tmp_path):
     run = tmp_path / "z3"
     _ok(two_ranks(synth_videos, run, "stage.stop_after=2", ds="ds_configs/zero3.json"))
@@ -90,6 +92,7 @@ def test_zero3_resumes_on_fewer_ranks_from_a_pre_converted_checkpoint(synth_vide
         assert got[step] == pytest.approx(want[step], rel=1e-4), step
 
 
+@pytest.mark.slow
 def test_moving_zero2_state_into_zero3_is_a_clear_error(synth_videos, tmp_path):
     run = tmp_path / "z2"
     _ok(two_ranks(synth_videos, run, "stage.stop_after=1"))

@@ -58,6 +58,7 @@ def runs(synth_videos, tmp_path_factory):
             "first_log": first.stdout + first.stderr}
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_losses(runs):
     full, resumed = losses(runs["dir"] / "full"), losses(runs["dir"] / "resumed")
     assert sorted(full) == sorted(resumed) == list(range(1, STEPS + 1))
@@ -68,6 +69,7 @@ def test_resume_reproduces_uninterrupted_losses(runs):
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_and_replays_the_lost_step(runs, synth_videos, tmp_path):
     run = tmp_path / "full"
     shutil.copytree(runs["dir"] / "full", run)
@@ -83,13 +85,22 @@ def test_a_damaged_latest_checkpoint_falls_back_and_replays_the_lost_step(runs, 
     assert ck.verify_files(run / "checkpoints" / "step_00000004") is None  # re-saved intact
 
 
+@pytest.mark.slow
 def test_run_dir_artifacts(runs):
     run = runs["dir"] / "full"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["reason"] == "completed" and summary["steps"] == STEPS
-    assert summary["last_loss"] < 1.5
+    curve = losses(run)
+    assert (summary["first_loss"], summary["last_loss"]) == (curve[1], curve[STEPS])
+    # it learns: the last two steps' mean loss is clearly below the first two's (measured: 1.274
+    # → 1.203; the same run at lr 0 sees only the data's spread, 1.274 → 1.275)
+    first, last = (curve[1] + curve[2]) / 2, (curve[STEPS - 1] + curve[STEPS]) / 2
+    assert last < first - 0.03, curve
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["optim"]["lr"] == pytest.approx(cfg["optim"]["blr"] * 8 / 256)  # resolved: 2×2×2 clips
+    assert cfg["optim"]["min_lr"] == pytest.approx(cfg["optim"]["min_blr"] * 8 / 256)
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").open()]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(cfg["optim"]["lr"])  # warmup from 0 (1 step)
     assert cfg["model"]["embed_dim"] == 96  # model sizes resolved
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 8
@@ -118,6 +129,7 @@ def test_run_dir_artifacts(runs):
     assert all(torch.isfinite(t).all() for t in state.values())
 
 
+@pytest.mark.slow
 def test_giant_export_cli_and_init_from(runs, tmp_path):
     """`giant export RUN_DIR` needs no process group; the next stage starts from its output."""
     from giant.config import load_config
@@ -137,6 +149,7 @@ def test_giant_export_cli_and_init_from(runs, tmp_path):
         assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.slow
 def test_resume_into_a_different_model_is_a_clear_error(runs, synth_videos):
     proc = single("--recipe", "launch/recipes/demo_pretrain.yaml", f"stage.run_dir={runs['dir'] / 'resumed'}",
                   "model.img_size=32", "model.patch_size=8", "model.num_frames=4", "model.decoder_depth=2",

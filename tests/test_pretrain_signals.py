@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from _launch import REPO, env, free_port
 from test_pretrain_resume import overrides, single
 
@@ -37,6 +39,7 @@ def wait_for_steps(metrics: Path, n: int, procs: list, timeout: float = 120) -> 
     raise AssertionError("training did not reach the expected step in time")
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_then_exits_and_relaunch_resumes(synth_videos, tmp_path):
     run = tmp_path / "run"
     args = ["--ds", "ds_configs/zero3.json", "--recipe", "launch/recipes/demo_pretrain.yaml",

@@ -34,7 +34,7 @@ def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: i
     last frame (which catches truncated files); else the reason."""
     import numpy as np
 
-    from giant.data.decode import VideoDecodeError, frame_range, header_frame_count, open_video
+    from giant.data.decode import VideoDecodeError, clip_range, header_frame_count, open_video
     from giant.data.sampling import dense_indices
 
     try:
@@ -43,7 +43,7 @@ def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: i
             if promised and reader.num_frames < 0.95 * promised:
                 return (f"truncated: {reader.num_frames} of the {promised} frames in its "
                         "header are readable")
-            start, end = frame_range(reader.num_frames, entry.start, entry.end)
+            start, end = clip_range(reader, entry.start, entry.end, entry.numbered)
             if end - start < min_frames:
                 return f"only {end - start} frames, need at least {min_frames}"
             indices = np.append(dense_indices(start, end, num_frames, stride), end - 1)

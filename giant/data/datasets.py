@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from giant.data.decode import BACKENDS, VideoDecodeError, frame_range, open_video
+from giant.data.decode import BACKENDS, VideoDecodeError, clip_range, open_video
 from giant.data.manifest import VideoEntry, load_entries
 from giant.data.sampling import (dense_indices, dense_test_views, segment_indices,
                                  segment_test_views, spatial_crop_offsets, union_indices)
@@ -60,7 +60,7 @@ class VideoDataset(Dataset):
     def _read(self, entry: VideoEntry, indices_fn) -> np.ndarray:
         """Open, pick indices from the usable frame range, decode: uint8 [T, H, W, C]."""
         with open_video(entry.path, self.backend) as reader:
-            start, end = frame_range(reader.num_frames, entry.start, entry.end)
+            start, end = clip_range(reader, entry.start, entry.end, entry.numbered)
             return reader.get_frames(indices_fn(start, end))
 
     def _note_failure(self, entry: VideoEntry, exc: Exception) -> str:
@@ -174,6 +174,12 @@ class PretrainClips(VideoDataset):
         frames = self._read(entry, lambda s, e: dense_indices(s, e, self.num_frames, stride, rng))
         return frames_to_tensor(frames)
 
+    def crop_boxes(self, height: int, width: int, rng) -> list[tuple[int, int, int, int]]:
+        """`num_sample` (top, left, h, w) boxes: the official pre-training GroupMultiScaleCrop,
+        whose more_fix_crop=True places a crop at one of 13 fixed offsets (not 5)."""
+        return [multi_scale_crop_box(height, width, self.size, rng, self.scales, more_offsets=True)
+                for _ in range(self.num_sample)]
+
     def crops(self, video: torch.Tensor, rng) -> torch.Tensor:
         """`num_sample` independent multi-scale crops of one decoded window: [R, C, T, S, S]."""
         h, w = video.shape[-2:]
@@ -181,8 +187,7 @@ class PretrainClips(VideoDataset):
             boxes = [random_resized_crop_box(h, w, rng, self.crop_scale, self.crop_ratio)
                      for _ in range(self.num_sample)]
         else:
-            boxes = [multi_scale_crop_box(h, w, self.size, rng, self.scales)
-                     for _ in range(self.num_sample)]
+            boxes = self.crop_boxes(h, w, rng)
         clips = [crop_resize(video, box, self.size) for box in boxes]
         if self.flip:
             clips = [c.flip(-1) if rng.random() < 0.5 else c for c in clips]

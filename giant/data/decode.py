@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav", "frames")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_TRAILING_DIGITS = re.compile(rb"(\d+)$")
 
 
 class VideoDecodeError(DataError):
@@ -53,6 +55,10 @@ class VideoReader:
 
     def _decode(self, unique: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def position_of(self, number: int) -> int:
+        """Index of the frame numbered `number` (a video numbers its frames from 0)."""
+        return number
 
     def close(self) -> None:
         pass
@@ -208,6 +214,27 @@ class FrameFolderReader(VideoReader):
         if not len(names):
             raise VideoDecodeError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder")
 
+    def _number(self, position: int):
+        """The number a file name ends in (img_00012.jpg → 12), None if it has none."""
+        match = _TRAILING_DIGITS.search(os.path.splitext(self._names[position])[0])
+        return int(match.group(1)) if match else None
+
+    def position_of(self, number: int) -> int:
+        """Listing position of the file numbered `number`: official frame lists name frame i of
+        a clip `img_{:05}.jpg`.format(i + start_idx), so start_idx is a file number (folders
+        are usually numbered from 1), not a position in the listing."""
+        guess = number - (self._number(0) or 0)
+        if 0 <= guess < self.num_frames and self._number(guess) == number:
+            return guess  # consecutive numbering: one lookup
+        numbers = [self._number(i) for i in range(self.num_frames)]  # gaps or odd names: search
+        if number in numbers:
+            return numbers.index(number)
+        shown = [n for n in (numbers[0], numbers[-1]) if n is not None]
+        raise VideoDecodeError(
+            f"no frame file numbered {number} (the list's start_idx) in the folder"
+            + (f"; its files are numbered {shown[0]}..{shown[-1]}" if shown else
+               "; its file names carry no frame number"))
+
     def _decode(self, unique: np.ndarray) -> np.ndarray:
         from PIL import Image
 
@@ -267,6 +294,16 @@ def header_frame_count(path: str) -> int:
             return int(container.streams.video[0].frames or 0)
     except Exception:  # noqa: BLE001 - unknown is a valid answer here
         return 0
+
+
+def clip_range(reader: VideoReader, start: int = 0, end: int | None = None,
+               numbered: bool = False) -> tuple[int, int]:
+    """The usable [start, end) positions of a manifest entry in `reader`. numbered: start/end
+    are file numbers (official `frame_dir start_idx total_frames` lists), mapped to positions."""
+    if numbered:
+        shift = reader.position_of(start) - start
+        start, end = start + shift, None if end is None else end + shift
+    return frame_range(reader.num_frames, start, end)
 
 
 def frame_range(num_frames: int, start: int = 0, end: int | None = None) -> tuple[int, int]:

@@ -41,6 +41,9 @@ class VideoEntry:
     end: Optional[int] = None
     sampling_rate: Optional[int] = None  # τ from a sources YAML; None = the dataset's default
     where: str = ""  # "manifest:line", for error messages
+    # start/end are numbers in the frame files' names, not listing positions: official
+    # pre-training lists read frame i as `img_{:05}.jpg`.format(i + start_idx)
+    numbered: bool = False
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -148,7 +151,7 @@ def _parse_official(text: str, where: str, base: Path, list_format: str) -> Vide
         if first < 0 or second < 1:
             raise DataError(f"{where}: expected `frame_dir start_idx total_frames` with "
                             f"start_idx >= 0 and total_frames >= 1, got {first} {second}")
-        return VideoEntry(path=path, start=first, end=first + second, where=where)
+        return VideoEntry(path=path, start=first, end=first + second, numbered=True, where=where)
     raise DataError(f"{where}: {text.strip()!r} is ambiguous: pre-training lists mean "
                     "`frame_dir start_idx total_frames`, fine-tuning lists "
                     "`frame_dir total_frames label`; pass list_format='pretrain' or 'labeled' "
@@ -251,6 +254,11 @@ def load_entries(path: str | Path, root: str = "", list_format: str = "auto",
 def write_manifest(path: str | Path, entries: list[VideoEntry], base: str | Path | None = None) -> None:
     """Write entries as a giant CSV (paths relative to `base` when they lie under it)."""
     base = Path(base) if base is not None else None
+    numbered = [e for e in entries if e.numbered]
+    if numbered:  # CSV start_frame/end_frame are listing positions: writing would shift them
+        raise DataError(f"{numbered[0].where or numbered[0].path}: a frame-number range "
+                        "(official `frame_dir start_idx total_frames`) has no giant CSV form; "
+                        "keep the official list as the manifest")
     # a column is written when any entry sets it (label 0 is a class, not "no label")
     has = {"label": any(e.label is not None for e in entries),
            "source": any(e.source for e in entries),

@@ -46,7 +46,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from giant.errors import CheckpointError
+from giant.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,30 @@ def read_meta(tag_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{tag_dir / META}: unreadable ({exc}); pick another checkpoint "
                               "with checkpoint.resume=PATH or delete this directory") from exc
+
+
+# What a run that has started training leaves in its directory (config.yaml, ds_config.json
+# and the ERROR/PREEMPTED markers are rewritten by every start and prove nothing).
+RUN_RECORDS = ("checkpoints", "metrics.jsonl", "tensorboard", "images", WEIGHTS, "summary.json")
+
+
+def prepare_run_dir(run_dir: str | Path, resume: str) -> None:
+    """Refuse checkpoint.resume=never over an earlier run: the new run would append to its
+    metrics.jsonl and TensorBoard logs, and its later checkpoints would stay next to the new
+    ones (a requeue with resume=auto would then continue the OLD run). Runs before any process
+    group exists; every rank sees the same files, so every rank refuses alike."""
+    if resume != "never":
+        return
+    def holds(path: Path) -> bool:  # an empty file or folder (a start that failed) holds nothing
+        return path.stat().st_size > 0 if path.is_file() else path.is_dir() and any(path.iterdir())
+
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_RECORDS if holds(run_dir / name)]
+    if found:
+        raise ConfigError(
+            f"checkpoint.resume=never but {run_dir} already holds a run ({', '.join(found)}); "
+            f"starting over there would mix the two. Use a new stage.run_dir, move or delete "
+            f"{run_dir}, or set checkpoint.resume=auto to continue that run")
 
 
 # ----------------------------------------------------------------------------- save

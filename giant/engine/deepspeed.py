@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from giant.config import OptimConfig, RunConfig
 from giant.engine.precision import LossScaleConfig, LossScaler, apply_precision, build_loss_scaler
-from giant.engine.schedule import peak_lr
+from giant.engine.schedule import resolve_lrs
 from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ def load_ds_json(path: str | Path) -> dict:
 
 
 def resolve_optim(optim: OptimConfig, global_batch_clips: int) -> OptimConfig:
-    """Copy with the absolute lr filled in (blr scaled by the global batch incl. repeats)."""
-    return dataclasses.replace(optim, lr=peak_lr(optim, global_batch_clips))
+    """Copy with the absolute peak and end lr filled in (blr / min_blr scaled by the global
+    batch incl. repeats)."""
+    return resolve_lrs(optim, global_batch_clips)
 
 
 def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]:
@@ -341,15 +342,16 @@ def construct_model(cfg: RunConfig, model_cfg: Any, kind: str = "pretrain",
 
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     ds = (ds or resolve_ds_config(cfg, world)).config
+    stats = dict(mean=cfg.data.mean, std=cfg.data.std)  # the model undoes the data's normalisation
     if zero_stage(ds) != 3 or not cfg.engine.zero_init:
-        return build_model(model_cfg, kind)
+        return build_model(model_cfg, kind, **stats)
     # dtype stays None on purpose: the merged config (fp16/bf16 sections disabled) then makes
     # zero.Init build FP32. An explicit dtype=torch.float32 is ignored by DeepSpeed's
     # Init._set_dtype (0.15 … 0.19.8 at least): `dtype or torch.float16 if fp16_supported else
     # torch.bfloat16 if ...` parses as `(dtype or fp16) if ... else bf16`, so on an accelerator
     # without FP16 support (a CPU without oneDNN fp16: AMD, older Intel) it builds a BF16 model.
     with deepspeed.zero.Init(config_dict_or_path={k: v for k, v in ds.items() if k != "giant"}):
-        model = build_model(model_cfg, kind, init=False)
+        model = build_model(model_cfg, kind, init=False, **stats)
     _check_fp32_shards(model)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     for m in _post_order(model):  # the order model.init_weights() uses, so the RNG stream matches

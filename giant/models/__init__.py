@@ -6,9 +6,11 @@ kind (pretrain | classifier).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
 
-from giant.config import ModelConfig
+from giant.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from giant.errors import ConfigError
 from giant.models.classifier import VideoClassifier
 from giant.models.mae import MAEOutput, MaskedVideoAutoencoder
@@ -45,8 +47,13 @@ def model_class(cfg: ModelConfig, kind: str = "pretrain") -> type:
     return _CLASSES[key]
 
 
-def build_model(cfg: ModelConfig, kind: str = "pretrain", init: bool = True) -> nn.Module:
+def build_model(cfg: ModelConfig, kind: str = "pretrain", init: bool = True,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD) -> nn.Module:
     """`pretrain` → the autoencoder of the configured method, `classifier` → its fine-tuning
     classifier. init=False leaves the published init to the caller (`model.init_module` per
-    module, children first)."""
-    return model_class(cfg, kind)(cfg, init=init)
+    module, children first). mean/std: data.mean / data.std, which an autoencoder that
+    un-normalises its input to compute the target takes (MAE-ST normalises per patch instead)."""
+    cls = model_class(cfg, kind)
+    if "mean" in inspect.signature(cls.__init__).parameters:
+        return cls(cfg, mean=mean, std=std, init=init)
+    return cls(cfg, init=init)

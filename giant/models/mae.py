@@ -16,13 +16,14 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from giant.config import ModelConfig
+from giant.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from giant.errors import ConfigError
 from giant.models.pos_embed import position_table
 from giant.models.vit import (Block, VideoViT, gather_tokens, patch_dim, resolve_model_config,
                               vit_layer_id)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAEOutput", "MaskedVideoAutoencoder", "patchify",
+           "unpatchify"]
 
 
 class MAEOutput(NamedTuple):
@@ -71,11 +72,16 @@ def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
 
 
 class MaskedVideoAutoencoder(nn.Module):
+    """mean/std: the per-channel statistics the input was normalised with (data.mean /
+    data.std, passed by build_model); the target is computed on the un-normalised pixels."""
     encoder_class = VideoViT  # AdaMAE's subclass swaps in the encoder that holds its sampler
 
     def __init__(self, cfg: ModelConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD, init: bool = True):
         super().__init__()
         cfg = resolve_model_config(cfg)
+        if len(mean) != cfg.in_chans or len(std) != cfg.in_chans:
+            raise ConfigError(f"data.mean={list(mean)} / data.std={list(std)}: need "
+                              f"model.in_chans={cfg.in_chans} values each")
         self.cfg = cfg
         self.encoder = self.encoder_class(cfg, final_norm=True)
         dec_dim = cfg.decoder_embed_dim
@@ -86,8 +92,9 @@ class MaskedVideoAutoencoder(nn.Module):
         grid = self.encoder.grid
         src = tuple(cfg.pos_grid) if cfg.pos_grid else None
         self.register_buffer("decoder_pos_embed", position_table(grid, dec_dim, src), persistent=False)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1, 1), persistent=False)
+        f32 = torch.float32  # the target is fp32 whatever the recipe's list holds (ints too)
+        self.register_buffer("mean", torch.tensor(mean, dtype=f32).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=f32).view(1, -1, 1, 1, 1), persistent=False)
         if init:  # init=False: the caller runs init_module itself (ZeRO-3 builds partitioned)
             self.init_weights()
 
@@ -96,7 +103,9 @@ class MaskedVideoAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_module(self, m: nn.Module) -> None:
-        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, token N(0.02).
+        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, mask token
+        N(0, 0.02²) truncated at ±0.02 (the official trunc_normal_ wrapper passes a=-std, b=std;
+        torch's own default bounds ±2 would not truncate at all).
         Touches only m's own parameters, so it can run one gathered module at a time."""
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -106,7 +115,7 @@ class MaskedVideoAutoencoder(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif m is self:
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
+            nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     # --- self-description for the engine (see VideoViT)
     def no_weight_decay(self) -> set[str]:
@@ -141,11 +150,14 @@ class MaskedVideoAutoencoder(nn.Module):
         masked_BME = self.mask_token.to(x_BKE.dtype) + gather_tokens(pos_BNE, dec_keep_BM)
         return self.decoder(torch.cat([vis_BKE, masked_BME], dim=1), dec_keep_BM.shape[1])
 
+    def pixels(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
+        """Normalised input → pixels in [0, 1] (fp32), undoing data.mean / data.std."""
+        return video_BCTHW.float() * self.std + self.mean
+
     @torch.no_grad()
     def target(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
         """Per-token, per-channel normalised pixels, (p0 p1 p2 c) order: (B, N, P) fp32."""
-        pix = (video_BCTHW.float() * self.std + self.mean)
-        tok_BNQC = patchify(pix, self.cfg.patch_size, self.cfg.tubelet_size)
+        tok_BNQC = patchify(self.pixels(video_BCTHW), self.cfg.patch_size, self.cfg.tubelet_size)
         mu = tok_BNQC.mean(dim=-2, keepdim=True)
         sd = tok_BNQC.var(dim=-2, unbiased=True, keepdim=True).sqrt()
         return ((tok_BNQC - mu) / (sd + 1e-6)).flatten(2)

@@ -23,7 +23,8 @@ import torch
 
 from giant.config import RunConfig, dump_config, load_config, to_dict
 from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
-                                     export_weights, needs_reshard, prepare_universal, read_meta)
+                                     export_weights, needs_reshard, prepare_run_dir, prepare_universal,
+                                     read_meta)
 from giant.engine.deepspeed import (MergedDS, build_engine, construct_model, init_distributed,
                                     resolve_ds_config)
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
@@ -205,6 +206,7 @@ def _seed_runtime(seed: int) -> None:
 def run_stage(stage: Stage) -> dict:
     """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks."""
     ds = resolve_ds_config(stage.cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
+    prepare_run_dir(stage.cfg.stage.run_dir, stage.cfg.checkpoint.resume)  # resume=never over an old run: refuse
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
     # end in a clean save + PREEMPTED marker, not the default kill
     flag = SignalFlag()

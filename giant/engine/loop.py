@@ -253,5 +253,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
         if step > start_step and saved_step != step:
             result.last_checkpoint = hooks.save(step)
     finally:
+        if flag.count > 1:  # launchers repeat the signal; say so once, here (not in the handler)
+            log.info("%d repeated stop signals during the stop and the save: ignored", flag.count - 1)
         flag.restore()
     return result

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from _launch import REPO, env, free_port
-from giant.data import make_loader
 from giant.data.loader import TimeoutNamingDataLoader, _worker_init, iterate_with_timeout_errors
 from giant.engine import checkpoint as ck
 from giant.engine.loop import SignalFlag
@@ -261,13 +260,14 @@ def preempted(synth_videos, tmp_path_factory):
             outs = _finish(roots, run)
         (d / f"{kind}.log").write_text("".join(outs))  # the whole story, when something fails
         rows = _rows(run)
-        assert (run / "summary.json").is_file(), (f"{kind}, {sig.name}: the run wrote no summary; exit "
-                                                  f"codes {[r.returncode for r in roots]}\n" + "".join(outs)[-6000:])
+        codes = [r.returncode for r in roots]
+        assert (run / "summary.json").is_file(), (
+            f"{kind}, {sig.name}: the run wrote no summary; exit codes {codes}\n" + "".join(outs)[-6000:])
         summary = json.loads((run / "summary.json").read_text())
         latest = (run / "checkpoints" / "latest").read_text()
         tag = run / "checkpoints" / latest  # checked now: keep_last prunes it later
         segments.append({**info, "kind": kind, "signal": sig.name, "start": start, "summary": summary,
-                         "rc": [r.returncode for r in roots], "out": "".join(outs),
+                         "rc": codes, "out": "".join(outs),
                          "latest": latest, "intact": ck.verify_files(tag),
                          "shards": len(list(tag.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt"))),
                          "preempted": (run / "PREEMPTED").is_file(), "last_row": rows[-1]["step"],

@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -191,9 +194,44 @@ class FailureTracker:
         self.first = list(state["first"])
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+_CAN_SHIELD = hasattr(signal, "sigwaitinfo")  # Linux
+
+
 def _worker_init(_: int) -> None:
     # one process per core already; intra-op threads in each would oversubscribe the CPU
     torch.set_num_threads(1)
+    shield_worker_from_stop_signals()
+
+
+def shield_worker_from_stop_signals() -> None:
+    """In a DataLoader worker: preemption signals are the rank's to act on, not the worker's.
+
+    Slurm signals every process of a job step, torchrun each rank's process group and the
+    deepspeed launcher each rank's process tree, so workers get SIGTERM/SIGUSR1 too. A worker
+    that died of one would crash its rank ("DataLoader worker is killed by signal") before the
+    rank could finish its step and save. So SIGUSR1 is ignored, and SIGTERM ends a worker only
+    when its own rank sent it (DataLoader shutdown, multiprocessing's exit: torch's behaviour)
+    or when the rank is gone; from anyone else it is ignored. Without sigwaitinfo (not Linux)
+    torch's default stays: SIGTERM from anyone ends the worker."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # also drops one pending since the fork
+    if not _CAN_SHIELD:
+        return
+    rank_pid = os.getppid()
+    # blocked since the fork (TimeoutNamingDataLoader), before any other thread of the worker
+    # existed: every thread (decoder threads, the queue feeder) inherits the mask, so only the
+    # waiter below receives SIGTERM, one that came before it started included
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    threading.Thread(target=_wait_for_sigterm, args=(rank_pid,), name="giant-sigterm",
+                     daemon=True).start()
+
+
+def _wait_for_sigterm(rank_pid: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == rank_pid or os.getppid() != rank_pid:
+            os._exit(0)  # what torch's own worker handler does for its parent's SIGTERM
 
 
 TIMEOUT_SETTING = "data.loader_timeout_s"
@@ -214,6 +252,7 @@ def iterate_with_timeout_errors(batches: Iterable, timeout: Optional[float] = No
         except RuntimeError as exc:
             if "DataLoader timed out" not in str(exc):
                 raise
+            _end_stuck_workers(it)
             shown = f"{timeout:g}" if isinstance(timeout, (int, float)) else "?"
             raise DataError(
                 f"no batch from the data loader workers within {shown} s ({setting}={shown}): "
@@ -223,12 +262,42 @@ def iterate_with_timeout_errors(batches: Iterable, timeout: Optional[float] = No
         yield batch
 
 
+def _end_stuck_workers(it: Iterator) -> None:
+    """After a timeout: end the workers now, so the rank can exit with the DataError instead
+    of waiting at exit for a worker still stuck in its decode. SIGTERM from the rank ends a
+    worker at once (see shield_worker_from_stop_signals) unless C code holds the worker's
+    GIL; SIGKILL then ends what is left (its pids are out of torch's SIGCHLD watch by then)."""
+    workers = getattr(it, "_workers", None)
+    if not workers:
+        return
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+    for w in workers:
+        w.join(timeout=1)
+    it._shutdown_workers()
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
+
+
 class TimeoutNamingDataLoader(DataLoader):
     """A DataLoader whose iterators raise DataError (naming data.loader_timeout_s) instead of
-    DataLoader's bare RuntimeError when a worker exceeds `timeout`."""
+    DataLoader's bare RuntimeError when a worker exceeds `timeout`.
+
+    Workers are forked with SIGTERM/SIGUSR1 blocked (a child inherits the mask): a preemption
+    signal that reaches a new worker before its worker_init_fn has shielded it stays pending
+    instead of killing it (Slurm signals the whole job at once, often as an epoch starts)."""
 
     def __iter__(self) -> Iterator:
-        return iterate_with_timeout_errors(super().__iter__(), self.timeout)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _CAN_SHIELD else None
+        try:
+            it = super().__iter__()
+        finally:  # this process's own signals: pending ones are delivered now
+            if previous is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return iterate_with_timeout_errors(it, self.timeout)
 
 
 def make_loader(dataset, sampler: Optional[Sampler], batch_size: int, num_workers: int,

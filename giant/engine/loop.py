@@ -32,10 +32,23 @@ MAX_CONSECUTIVE_SKIPS = 20  # skipped (non-finite gradient) steps in a row befor
 
 
 class SignalFlag:
-    """SIGTERM / SIGUSR1 → a flag checked at the end of each step (handlers must not do I/O)."""
+    """SIGTERM / SIGUSR1 → a flag checked at the end of each step (handlers must not do I/O).
+
+    The signal reaches every process of a job, and more than once: Slurm signals every
+    process of the step, torchrun then signals each rank's process group again, the deepspeed
+    launcher each rank's process tree, one rank after the other. Until `restore` a repeat only
+    sets the flag again (a second signal during the save cannot cut it short). Once the run is
+    stopping for a signal (this rank got one, or the ranks agreed to stop: `stopping`),
+    `restore` ignores these signals from then on instead of restoring the default action: a
+    late repeat during the PREEMPTED marker or the exit (Python's own exit drops every Python
+    handler, only an ignored signal stays ignored) would otherwise kill the rank with exit
+    code -15 after a clean save. DataLoader workers leave the decision to their rank
+    (giant.data.loader.shield_worker_from_stop_signals)."""
 
     def __init__(self, signals: Iterable[int] = STOP_SIGNALS):
-        self.received: Optional[str] = None
+        self.received: Optional[str] = None  # the first signal's name
+        self.count = 0  # signals received, repeats included
+        self.stopping = False  # set by the loop when the ranks agreed to stop for a signal
         self._previous: dict[int, Any] = {}
         for sig in signals:
             try:
@@ -44,11 +57,16 @@ class SignalFlag:
                 pass
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        self.received = signal.Signals(signum).name
+        self.count += 1
+        if self.received is None:
+            self.received = signal.Signals(signum).name
 
     def restore(self) -> None:
+        """The previous handlers back; or, when stopping for a signal, ignore these signals
+        until the process exits. Idempotent."""
+        ignore = self.stopping or self.received is not None
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ignore else handler)
         self._previous.clear()
 
 
@@ -228,7 +246,9 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
                                             or step == optim.total_steps or stop):
                 hooks.image(step, batch, out)
             if stop:
+                flag.stopping = True
                 result.reason = f"signal:{flag.received or 'peer'}"
+                log.info("%s: stopping after step %d, saving", result.reason, step)
                 break
             batch = out = None  # do not hold this step's outputs through the next forward
             if checkpoint_every and step % checkpoint_every == 0 and step < optim.total_steps:
@@ -239,5 +259,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
         if step > start_step and saved_step != step:
             result.last_checkpoint = hooks.save(step)
     finally:
+        if flag.count > 1:  # launchers repeat the signal; say so once, here (not in the handler)
+            log.info("%d repeated stop signals during the stop and the save: ignored", flag.count - 1)
         flag.restore()
     return result

@@ -2,7 +2,9 @@
 # Shared by every giant sbatch script: rendezvous, NCCL and cache settings for one task per GPU.
 # Source it from the batch script; `giant_srun CMD...` then starts CMD once per GPU with
 # RANK/LOCAL_RANK/WORLD_SIZE taken from Slurm, so SIGUSR1/SIGTERM reach the Python processes
-# directly (no launcher in between that would swallow them).
+# directly (no launcher in between with a grace period of its own). Slurm signals every process
+# of the step, data-loader workers included: workers leave the signal to their rank, which
+# finishes its step, saves, writes RUN_DIR/PREEMPTED and exits 0 (repeats are ignored).
 set -euo pipefail
 
 GIANT_ROOT=${GIANT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}

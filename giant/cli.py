@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("giant.engine.checkpoint", "consolidate a DeepSpeed checkpoint into weights.safetensors + model.json"),
     "reshard": ("giant.engine.checkpoint:reshard_main",
                 "universal copy of a ZeRO checkpoint, to resume on a different number of ranks"),
-    "data": ("giant.data.cli", "synth | validate | k710 | bench: datasets and manifests"),
+    "data": ("giant.data.cli", "synth | validate | k710 | prepare | bench: datasets and manifests"),
     "flops": ("giant.flops", "parameters, forward MACs and training FLOPs for a model config"),
     "bench": ("giant.engine.bench", "training-step throughput, TFLOP/s, MFU and peak memory"),
 }

@@ -1,4 +1,4 @@
-"""`giant data synth | validate | k710 | bench` (dispatched from giant.cli as `giant data ...`).
+"""`giant data synth | validate | k710 | prepare | bench` (dispatched from giant.cli as `giant data ...`).
 
 CLI output goes to stdout/stderr directly; library modules only log.
 """
@@ -22,8 +22,9 @@ def _synth(args) -> int:
     s = write_synthetic_set(args.out_dir, num_videos=args.num_videos, num_frames=args.frames,
                             height=args.height, width=args.width, num_classes=args.classes,
                             seed=args.seed, val_fraction=args.val_fraction, fps=args.fps,
-                            gop=args.gop, codec=args.codec)
-    out(f"wrote {len(s.videos)} videos ({s.codec}, {args.width}x{args.height}, {args.frames} "
+                            gop=args.gop, codec=args.codec, style=args.style, crf=args.crf,
+                            preset=args.preset)
+    out(f"wrote {len(s.videos)} videos ({args.style}, {s.codec}, {args.width}x{args.height}, {args.frames} "
           f"frames, {len(s.class_names)} classes) to {s.root}")
     out(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
     return 0
@@ -121,6 +122,28 @@ def _k710(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    from giant.data.prepare import PrepareSettings, prepare
+
+    settings = PrepareSettings(short_side=args.short_side, keyframe_seconds=args.keyframe_seconds,
+                               crf=args.crf, preset=args.preset, tune=args.tune,
+                               codec=args.codec)
+    report = prepare(args.manifest, args.out_dir, settings, workers=args.workers,
+                     root=args.root, list_format=args.list_format)
+    for failure in report["failures"]:
+        out(f"{failure['src']}: {failure['reason']}  [{failure['where']}]")
+    saved = report["bytes_before"] and 1 - report["bytes_after"] / report["bytes_before"]
+    out(f"prepare: {report['prepared']} prepared, {report['skipped']} already done, "
+        f"{report['failed']} failed of {report['files']} files ({report['encoder']}); "
+        f"{report['bytes_before'] / 1e6:.1f} MB → {report['bytes_after'] / 1e6:.1f} MB "
+        f"({saved:+.0%} saved); manifest {report['manifest']}", err=True)
+    if report["failed"]:
+        out(f"prepare: {report['failed']} files failed ({report['entries_left_out']} manifest "
+            "entries left out); fix or remove them and re-run to retry", err=True)
+        return 1
+    return 0
+
+
 def _bench(args) -> int:
     from giant.data.bench import profile_stages, run_bench
 
@@ -164,6 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=int, default=25)
     s.add_argument("--gop", type=int, default=None, help="keyframe interval (encoder default)")
     s.add_argument("--codec", default=None, help="libx264 | mpeg4 (default: libx264 if built)")
+    s.add_argument("--style", default="shapes", choices=["shapes", "camera"],
+                   help="shapes: flat, cheap (tests, demo); camera: textured, panning, noisy "
+                        "footage that decodes like real clips (loader benchmarks)")
+    s.add_argument("--crf", type=int, default=18, help="libx264 quality (23 = ffmpeg default)")
+    s.add_argument("--preset", default="veryfast", help="libx264 preset (medium = ffmpeg default)")
     s.set_defaults(func=_synth)
 
     v = sub.add_parser("validate", help="check every manifest entry (a sources YAML: every "
@@ -199,6 +227,30 @@ def _parser() -> argparse.ArgumentParser:
     for kp in (kl, kr, km):
         kp.add_argument("--renames", default=str(kinetics710.DEFAULT_RENAMES))
     k.set_defaults(func=_k710)
+
+    r = sub.add_parser("prepare", help="re-encode every video once (short side, keyframe every "
+                       "second, H.264, no audio) for fast window decoding; writes a new manifest",
+                       description="Re-encode every video of MANIFEST (CSV, official list or "
+                       "sources YAML) into OUT_DIR/videos, resumably: finished files are skipped, "
+                       "failed ones retried. Writes OUT_DIR/<manifest name> with the same labels, "
+                       "sources, frame ranges and weights, OUT_DIR/prepare_report.json and "
+                       "OUT_DIR/prepare_files.csv. Exit 1 if any file failed (listed).")
+    r.add_argument("manifest")
+    r.add_argument("out_dir")
+    r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="encoder processes (0 = in this process)")
+    r.add_argument("--short-side", type=int, default=320, help="target short side; never upscaled")
+    r.add_argument("--keyframe-seconds", type=float, default=1.0,
+                   help="keyframe interval (1 s: a random 16x4 window decodes <= 1 extra GOP)")
+    r.add_argument("--crf", type=int, default=18, help="x264 quality (lower = larger, closer)")
+    r.add_argument("--preset", default="fast", help="x264 preset (encode speed vs size)")
+    r.add_argument("--tune", default="fastdecode",
+                   help="x264 tune ('' for none; fastdecode: no CABAC/deblock, decodes faster)")
+    r.add_argument("--codec", default="libx264",
+                   help="encoder; falls back (with a warning) if this PyAV build lacks it")
+    r.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
+    r.add_argument("--list-format", default="auto", choices=["auto", "pretrain", "labeled"])
+    r.set_defaults(func=_prepare)
 
     b = sub.add_parser("bench", help="pre-training loader throughput (videos/s, clips/s)")
     b.add_argument("manifest")

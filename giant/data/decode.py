@@ -131,14 +131,16 @@ class PyAVReader(VideoReader):
         """Frame number of a decoded frame from its timestamp."""
         return int(round(float((frame.pts - self._start) * self._stream.time_base) * self._fps))
 
-    def _timestamp(self, index: int) -> int:
+    def _timestamp(self, index: float) -> int:
         return int(round(index / self._fps / float(self._stream.time_base))) + self._start
 
     def _scan_from(self, target: int, wanted: dict, first: int, last: int) -> int | None:
         """Seek to the keyframe at or before frame `target` and decode frames first..last into
         `wanted`. Returns the frame number the seek landed on (> first: it landed late; None:
         frames without timestamps, which only counting from the start can number)."""
-        self._container.seek(self._timestamp(target), backward=True, any_frame=False,
+        # half a frame past the target: mp4 compares keyframe decode times shifted to start
+        # at 0, which a rounding clock (33/34 ms) can put a tick after the display time
+        self._container.seek(self._timestamp(target + 0.5), backward=True, any_frame=False,
                              stream=self._stream)
         landed = None
         for frame in self._container.decode(self._stream):
@@ -187,8 +189,6 @@ class PyAVReader(VideoReader):
     def _decode(self, unique: np.ndarray) -> np.ndarray:
         try:
             wanted = self._scan(unique)
-        except VideoDecodeError:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
         missing = [i for i, f in wanted.items() if f is None]
@@ -206,17 +206,19 @@ class PyAVReader(VideoReader):
 
 
 def _constant_rate(stream) -> bool:
-    """False when the container's index shows uneven frame spacing (variable frame rate: phone
-    footage), where timestamps do not give frame numbers. Containers without a full index
-    (mkv, webm) report True: their timestamps are trusted, as decord trusts them."""
+    """False when the container's index shows frames off an even grid by a quarter frame or
+    more (variable frame rate: phone footage), where timestamps do not give frame numbers.
+    Rounded timestamps (1 ms clocks: 33/34/33 ms) stay on the grid. Containers without a full
+    index (mkv, webm) report True: their timestamps are trusted, as decord trusts them."""
     try:
         entries = stream.index_entries
         if len(entries) < 3 or len(entries) != (stream.frames or -1):
             return True
-        steps = np.diff(np.fromiter((e.timestamp for e in entries), np.int64, len(entries)))
+        ts = np.fromiter((e.timestamp for e in entries), np.float64, len(entries))
     except Exception:  # noqa: BLE001 - an old PyAV without index_entries
         return True
-    return bool(steps.size and steps.min() == steps.max())
+    step = (ts[-1] - ts[0]) / (len(ts) - 1)
+    return bool(step > 0 and np.abs(ts - ts[0] - step * np.arange(len(ts))).max() < step / 4)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -4,7 +4,8 @@ Downloaded videos carry a keyframe every ~250 frames (x264's default), so a rand
 10 s clip decodes ~120 frames it never uses, and 1080p sources decode 25× the pixels a 224 crop
 needs. Preparing writes every video once as H.264 with the short side at `short_side` (never
 upscaled), a keyframe every `keyframe_seconds`, no audio, every frame kept (same count, order and
-rate, so frame ranges and labels stay valid), plus a manifest pointing at the new files.
+rate, so frame ranges and labels stay valid; a variable-rate source comes out evenly timed),
+plus a manifest pointing at the new files.
 
 Resumable: each file is written to a temporary name and renamed when complete, so a finished
 file is never half-written; a re-run skips finished files and retries failed ones. A file that
@@ -12,6 +13,7 @@ cannot be read is listed with its reason in the report and on the console, never
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -104,8 +106,12 @@ def _encode(src: str, tmp: str, settings: PrepareSettings, codec: str) -> dict:
     import av
 
     with av.open(src) as inp:
+        if not inp.streams.video:
+            raise DataError("no video stream")
         vin = inp.streams.video[0]
         vin.codec_context.thread_count = 1  # parallelism comes from the process pool
+        if not vin.codec_context.width or not vin.codec_context.height:
+            raise DataError("no frame size in the header (unsupported codec?)")
         promised = int(vin.frames or 0)
         rate = vin.average_rate or vin.guessed_rate or Fraction(30)
         width, height = output_size(vin.codec_context.width, vin.codec_context.height,
@@ -151,7 +157,7 @@ def prepare_video(job: Job, settings: PrepareSettings, codec: str) -> dict:
         if os.path.getsize(job.src) == 0:
             raise DataError("empty file (0 bytes)")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        for stale in dst.parent.glob(f".{dst.name}.*.part"):  # left by a killed run
+        for stale in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):  # from a killed run
             stale.unlink(missing_ok=True)
         row.update(_encode(job.src, str(tmp), settings, codec))
         os.replace(tmp, dst)  # atomic: a file under its final name is always complete
@@ -282,7 +288,7 @@ def _run_pool(jobs: list[Job], settings: PrepareSettings, codec: str, workers: i
 
 
 FILE_COLUMNS = ("status", "src", "dst", "frames", "width", "height", "gop", "bytes_before",
-                "bytes_after", "seconds", "reason")
+                "bytes_after", "seconds", "reason", "where")
 
 
 def _rows(jobs: list[Job], settings: PrepareSettings, codec: str, workers: int):

@@ -151,7 +151,8 @@ def test_prepare_keeps_labels_frames_and_size_rules(tmp_path, capsys):
         assert keys[0] == 0 and max(np.diff(keys + [last + 1])) <= gops[name], keys
         assert window_psnr(src.path, dst.path, [0, 7, 14, last]) > 35  # crf 18: near-lossless
     report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
-    assert (report["prepared"], report["skipped"], report["failed"], report["files"]) == (3, 0, 0, 3)
+    counts = (report["prepared"], report["skipped"], report["failed"], report["files"])
+    assert counts == (3, 0, 0, 3)
     assert report["bytes_before"] > 0 and report["bytes_after"] > 0
 
 
@@ -166,7 +167,8 @@ def test_prepare_drops_audio_and_reads_official_lists(tmp_path):
         a = c.add_stream("aac", rate=16000)
         for array in frames:
             c.mux(v.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        tone = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        tone = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp",
+                                          layout="mono")
         tone.sample_rate, tone.pts = 16000, 0
         c.mux(a.encode(tone))
         c.mux(a.encode(None))
@@ -184,7 +186,8 @@ def test_sources_yaml_keeps_weights_strides_and_names(synth_videos, tmp_path):
     (tmp_path / "a.csv").write_text("path,label\n" + "\n".join(rows[:2]) + "\n")
     (tmp_path / "b.txt").write_text("".join(f"{p} 0 -1\n" for p in synth_videos.videos[2:5]))
     doc = {"sources": [{"name": "ka", "manifest": "a.csv", "sampling_rate": 2, "weight": 2.0},
-                       {"name": "kb", "manifest": "b.txt", "weight": 0.5, "list_format": "pretrain"}]}
+                       {"name": "kb", "manifest": "b.txt", "weight": 0.5,
+                        "list_format": "pretrain"}]}
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(doc))
     report = prepare(tmp_path / "mix.yaml", tmp_path / "out", workers=0)
     assert report["files"] == 5 and report["prepared"] == 5  # video 2 is in both: encoded once
@@ -312,3 +315,15 @@ def test_camera_style_is_textured_moving_and_seeded(tmp_path):
     assert np.abs(np.diff(x, axis=2)).mean() > 4  # texture: neighbouring pixels differ
     assert np.abs(x[-1] - x[0]).mean() > 4  # the view changes over time
     assert x.std() > 20
+
+
+def test_missing_encoder_falls_back_with_a_warning(synth_videos, tmp_path, caplog, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "--help"])
+    assert exit_.value.code == 0 and "--keyframe-seconds" in capsys.readouterr().out
+    manifest = _copy_videos(synth_videos, tmp_path / "src", 1)
+    with caplog.at_level("WARNING"):
+        report = prepare(manifest, tmp_path / "out", PrepareSettings(codec="no-such-encoder"),
+                         workers=0)
+    assert report["encoder"] == "libx264" and report["prepared"] == 1
+    assert "encoder no-such-encoder is not in this PyAV build; using libx264" in caplog.text

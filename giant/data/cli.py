@@ -1,4 +1,5 @@
-"""`giant data synth | validate | k710 | prepare | bench` (dispatched from giant.cli as `giant data ...`).
+"""`giant data synth | validate | k710 | prepare | bench` (dispatched from giant.cli as
+`giant data ...`).
 
 CLI output goes to stdout/stderr directly; library modules only log.
 """
@@ -24,7 +25,8 @@ def _synth(args) -> int:
                             seed=args.seed, val_fraction=args.val_fraction, fps=args.fps,
                             gop=args.gop, codec=args.codec, style=args.style, crf=args.crf,
                             preset=args.preset)
-    out(f"wrote {len(s.videos)} videos ({args.style}, {s.codec}, {args.width}x{args.height}, {args.frames} "
+    out(f"wrote {len(s.videos)} videos ({args.style}, {s.codec}, {args.width}x{args.height}, "
+        f"{args.frames} "
           f"frames, {len(s.class_names)} classes) to {s.root}")
     out(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
     return 0
@@ -181,6 +183,32 @@ def _cores(videos_per_core_s: float, num_sample: int) -> str:
     return f"{'/'.join(need)} cores per H100 at 40/50/60% MFU"
 
 
+def _add_prepare(sub) -> None:
+    r = sub.add_parser("prepare", help="re-encode every video once (short side, keyframe every "
+                       "second, H.264, no audio) for fast window decoding; writes a new manifest",
+                       description="Re-encode every video of MANIFEST (CSV, official list or "
+                       "sources YAML) into OUT_DIR/videos, resumably: finished files are skipped, "
+                       "failed ones retried. Writes OUT_DIR/<manifest name> with the same labels, "
+                       "sources, frame ranges and weights, OUT_DIR/prepare_report.json and "
+                       "OUT_DIR/prepare_files.csv. Exit 1 if any file failed (listed).")
+    r.add_argument("manifest")
+    r.add_argument("out_dir")
+    r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="encoder processes (0 = in this process)")
+    r.add_argument("--short-side", type=int, default=320, help="target short side; never upscaled")
+    r.add_argument("--keyframe-seconds", type=float, default=1.0,
+                   help="keyframe interval (1 s: a random 16x4 window decodes <= 1 extra GOP)")
+    r.add_argument("--crf", type=int, default=18, help="x264 quality (lower = larger, closer)")
+    r.add_argument("--preset", default="fast", help="x264 preset (encode speed vs size)")
+    r.add_argument("--tune", default="fastdecode",
+                   help="x264 tune ('' for none; fastdecode: no CABAC/deblock, decodes faster)")
+    r.add_argument("--codec", default="libx264",
+                   help="encoder; falls back (with a warning) if this PyAV build lacks it")
+    r.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
+    r.add_argument("--list-format", default="auto", choices=["auto", "pretrain", "labeled"])
+    r.set_defaults(func=_prepare)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="giant data", description="Video data tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -238,29 +266,7 @@ def _parser() -> argparse.ArgumentParser:
         kp.add_argument("--renames", default=str(kinetics710.DEFAULT_RENAMES))
     k.set_defaults(func=_k710)
 
-    r = sub.add_parser("prepare", help="re-encode every video once (short side, keyframe every "
-                       "second, H.264, no audio) for fast window decoding; writes a new manifest",
-                       description="Re-encode every video of MANIFEST (CSV, official list or "
-                       "sources YAML) into OUT_DIR/videos, resumably: finished files are skipped, "
-                       "failed ones retried. Writes OUT_DIR/<manifest name> with the same labels, "
-                       "sources, frame ranges and weights, OUT_DIR/prepare_report.json and "
-                       "OUT_DIR/prepare_files.csv. Exit 1 if any file failed (listed).")
-    r.add_argument("manifest")
-    r.add_argument("out_dir")
-    r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="encoder processes (0 = in this process)")
-    r.add_argument("--short-side", type=int, default=320, help="target short side; never upscaled")
-    r.add_argument("--keyframe-seconds", type=float, default=1.0,
-                   help="keyframe interval (1 s: a random 16x4 window decodes <= 1 extra GOP)")
-    r.add_argument("--crf", type=int, default=18, help="x264 quality (lower = larger, closer)")
-    r.add_argument("--preset", default="fast", help="x264 preset (encode speed vs size)")
-    r.add_argument("--tune", default="fastdecode",
-                   help="x264 tune ('' for none; fastdecode: no CABAC/deblock, decodes faster)")
-    r.add_argument("--codec", default="libx264",
-                   help="encoder; falls back (with a warning) if this PyAV build lacks it")
-    r.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
-    r.add_argument("--list-format", default="auto", choices=["auto", "pretrain", "labeled"])
-    r.set_defaults(func=_prepare)
+    _add_prepare(sub)
 
     b = sub.add_parser("bench", help="pre-training loader throughput (videos/s, clips/s)")
     b.add_argument("manifest")

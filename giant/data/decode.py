@@ -101,9 +101,10 @@ class PyAVReader(VideoReader):
 
     Frames are numbered by timestamp (pts → index at the stream's constant rate), so a window
     gets the same frames a full decode from frame 0 would, for at most one GOP of extra decoding
-    (a file written by `giant data prepare` has a keyframe every second). Windows starting below `seek_after` decode from the start and count frames instead (the
-    exact path, also used for variable-frame-rate files, whose timestamps do not give frame
-    numbers); the default 0 always seeks."""
+    (a file written by `giant data prepare` has a keyframe every second). Windows starting
+    below `seek_after` decode from the start and count frames instead (the exact path, also
+    used for variable-frame-rate files, whose timestamps do not give frame numbers); the
+    default 0 always seeks."""
 
     def __init__(self, path: str, num_threads: int = 1, seek_after: int = 0):
         import av

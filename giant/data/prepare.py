@@ -71,7 +71,7 @@ def pick_encoder(wanted: str) -> str:
     mpeg4 (always built in); the caller warns when it differs."""
     import av
 
-    for name in (wanted, "libx264", "libopenh264", "h264", "mpeg4"):
+    for name in (wanted, "libx264", "libopenh264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")
             return name
@@ -89,7 +89,8 @@ def _encoder_options(settings: PrepareSettings, codec: str, gop: int) -> dict:
         if settings.tune:
             options["tune"] = settings.tune
         return options
-    return {"qscale": "3"} if codec == "mpeg4" else {}
+    # mpeg4 (the last resort) has no CRF: bound its quantiser instead (~34 dB on tiny clips)
+    return {"qmin": "2", "qmax": "3"} if codec == "mpeg4" else {}
 
 
 def _copy_color(src_ctx, dst_ctx) -> None:
@@ -328,8 +329,9 @@ def _write_outputs(src: Path, out_dir: Path, sources: list[_Source], mapping: di
     return manifest
 
 
-def prepare(src_manifest: str | Path, out_dir: str | Path, settings: PrepareSettings = PrepareSettings(),
-            workers: int = 1, root: str = "", list_format: str = "auto") -> dict:
+def prepare(src_manifest: str | Path, out_dir: str | Path,
+            settings: PrepareSettings = PrepareSettings(), workers: int = 1, root: str = "",
+            list_format: str = "auto") -> dict:
     """Prepare every video of a manifest or sources YAML into `out_dir`; returns the summary
     also written to OUT_DIR/prepare_report.json (per file: OUT_DIR/prepare_files.csv)."""
     import csv

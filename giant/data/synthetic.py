@@ -102,7 +102,8 @@ def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     luma = 0.2 + 0.8 * _value_noise(rng, height, width)
     for _ in range(int(rng.integers(6, 14))):
         y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
-        h, w = int(rng.integers(height // 16, height // 3)), int(rng.integers(width // 16, width // 3))
+        h = int(rng.integers(height // 16, height // 3))
+        w = int(rng.integers(width // 16, width // 3))
         luma[y0:y0 + h, x0:x0 + w] *= rng.uniform(0.3, 1.6)
     base = rng.uniform(0.5, 1.0, size=3).astype(np.float32)
     cast = np.stack([_value_noise(rng, height, width, cells=(32, 64, 128)) for _ in range(3)], -1)
@@ -154,7 +155,8 @@ def render_camera_video(rng: np.random.Generator, num_frames: int, height: int, 
         ry, rx = rng.uniform(0.1, 0.25) * height, rng.uniform(0.1, 0.25) * width
         soft = np.clip(4 - np.hypot((yy - cy) / ry, (xx - cx) / rx) * 4, 0, 1)  # 1-2 px edge
         layer = torch.cat([texture, torch.from_numpy(soft)[None]])
-        motion = rng.uniform(-3, 3, size=2) * t[:, None] + np.sin(t[:, None] / 9) * rng.uniform(0, 4, 2)
+        wobble = np.sin(t[:, None] / 9) * rng.uniform(0, 4, 2)
+        motion = rng.uniform(-3, 3, size=2) * t[:, None] + wobble
         objects.append((layer, motion))
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for a in range(0, num_frames, chunk):

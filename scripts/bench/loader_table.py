@@ -37,7 +37,8 @@ def main(paths: list[str]) -> None:
         print(f"| {files} | {pipeline} | {workers} | {fmt(v['videos_per_s'])} | "
               f"{fmt(v['videos_per_cpu_s'])} | {min(load):.1f}–{max(load):.1f} |")
     print()
-    print("| files | pipeline | basis | videos per CPU-s (best) | cores/H100 at 40% / 50% / 60% MFU |")
+    print("| files | pipeline | basis | videos per CPU-s (best) "
+          "| cores/H100 at 40% / 50% / 60% MFU |")
     print("|---|---|---|---|---|")
     for (files, pipeline, workers), v in sorted(runs.items()):
         rates = [x for x in v["videos_per_cpu_s"] if x is not None]

@@ -135,7 +135,7 @@ def _encode(src: str, tmp: str, settings: PrepareSettings, codec: str) -> dict:
                     frame.pts, frame.time_base = written, 1 / Fraction(rate)
                     written += 1
                     out.mux(vout.encode(frame))
-            except av.FFmpegError as exc:
+            except av.error.FFmpegError as exc:
                 raise DataError(f"decode failed after {written} frames ({exc})") from None
             out.mux(vout.encode(None))
     if written == 0:
@@ -169,7 +169,7 @@ def prepare_video(job: Job, settings: PrepareSettings, codec: str) -> dict:
 
         tmp.unlink(missing_ok=True)
         reason = (str(exc).strip().splitlines() or [""])[-1][:200]
-        if isinstance(exc, av.FFmpegError):
+        if isinstance(exc, av.error.FFmpegError):
             reason = f"cannot read ({reason})"
         elif not isinstance(exc, DataError):  # not the file's fault: say what broke
             reason = f"{type(exc).__name__}: {reason}"

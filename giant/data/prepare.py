@@ -210,7 +210,9 @@ def _read_input(src: Path, root: str, list_format: str) -> list[_Source]:
         while safe in names:  # two sources with one name still get two folders
             safe += "_"
         names.add(safe)
-        sources.append(_Source(entries, base, dict(spec), safe))
+        # the name is written out even where the input left it implicit (the manifest's stem):
+        # the new manifest is <folder name>.csv, whose stem may differ
+        sources.append(_Source(entries, base, {"name": name, **spec}, safe))
     return sources
 
 

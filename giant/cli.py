@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reshard": ("giant.engine.checkpoint:reshard_main",
                 "universal copy of a ZeRO checkpoint, to resume on a different number of ranks"),
     "convert": ("giant.interop.convert", "official VideoMAE / V2 checkpoints and HF transformers <-> giant weights"),
-    "data": ("giant.data.cli", "synth | validate | k710 | bench: datasets and manifests"),
+    "data": ("giant.data.cli", "synth | validate | k710 | prepare | bench: datasets and manifests"),
     "flops": ("giant.flops", "parameters, forward MACs and training FLOPs for a model config"),
     "bench": ("giant.engine.bench", "training-step throughput, TFLOP/s, MFU and peak memory"),
 }

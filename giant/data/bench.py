@@ -7,6 +7,8 @@ docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import time
 
 import numpy as np
@@ -42,6 +44,44 @@ def _mask_fn(num_frames: int, size: int, patch: int = 16, tubelet: int = 2):
         return None
 
 
+class CpuMeter:
+    """CPU seconds this process and its children (loader workers, also those that exited and
+    were reaped) spent between `start()` and `stop()`. On a shared machine wall-clock rates
+    swing with the load; CPU seconds per video is the per-core cost, and it barely moves."""
+
+    def _children(self) -> dict:
+        import psutil
+
+        times = {}
+        for child in psutil.Process().children(recursive=True):
+            try:
+                t = child.cpu_times()
+                times[child.pid] = t.user + t.system
+            except psutil.Error:  # exited between listing and reading
+                pass
+        return times
+
+    @staticmethod
+    def _rusage(who) -> float:
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> None:
+        self._self = self._rusage(resource.RUSAGE_SELF)
+        self._reaped = self._rusage(resource.RUSAGE_CHILDREN)
+        self._live = self._children()
+
+    def stop(self) -> float:
+        now = self._children()
+        used = self._rusage(resource.RUSAGE_SELF) - self._self
+        # reaped since start: their whole life is in RUSAGE_CHILDREN, minus what they had used
+        # before start; still alive: what they used since start
+        used += self._rusage(resource.RUSAGE_CHILDREN) - self._reaped
+        used -= sum(t for pid, t in self._live.items() if pid not in now)
+        used += sum(t - self._live.get(pid, 0.0) for pid, t in now.items())
+        return used
+
+
 def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: int = 2,
               batch_size: int = 4, num_sample: int = 4, num_frames: int = 16,
               sampling_rate: int = 4, size: int = 224, num_videos: int = 200,
@@ -57,6 +97,7 @@ def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: i
     warmup = max(workers, 1)
     videos = clips = failed = seen = 0
     start = None
+    meter = CpuMeter()
     epoch = 0
     while videos < num_videos:
         set_loader_epoch(loader, epoch)
@@ -64,6 +105,7 @@ def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: i
             seen += 1
             if seen == warmup:
                 start = time.perf_counter()
+                meter.start()
                 continue
             if start is None:
                 continue
@@ -74,8 +116,11 @@ def run_bench(manifest: str, root: str = "", backend: str = "decord", workers: i
                 break
         epoch += 1
     elapsed = time.perf_counter() - start
+    cpu = meter.stop()
     return {"backend": backend, "workers": workers, "videos": videos, "clips": clips,
-            "failed": failed, "seconds": round(elapsed, 3),
+            "failed": failed, "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3),
+            "videos_per_cpu_s": round(videos / cpu, 2) if cpu > 0 else None,
+            "loadavg_1m": round(os.getloadavg()[0], 2),
             "videos_per_s": round(videos / elapsed, 2), "clips_per_s": round(clips / elapsed, 2),
             "videos_per_s_per_worker": round(videos / elapsed / max(workers, 1), 2),
             "masks": mask_fn is not None, "token_grid": _grid(mask_fn),
@@ -101,26 +146,32 @@ def profile_stages(manifest: str, root: str = "", backend: str = "decord", num_s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cost = {"decode": 0.0, "crop_resize": 0.0, "masks": 0.0}
+    cpu = dict(cost)
     try:
         for n in range(num_videos):
-            t0 = time.perf_counter()
+            marks = [(time.perf_counter(), time.process_time())]
             video = dataset.decode(entries[n % len(entries)], rng)
-            t1 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             dataset.crops(video, rng)
-            t2 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             if mask_fn is not None:
                 dataset.masks(n)
-            t3 = time.perf_counter()
-            cost["decode"] += t1 - t0
-            cost["crop_resize"] += t2 - t1
-            cost["masks"] += t3 - t2
+            marks.append((time.perf_counter(), time.process_time()))
+            for stage, (a, b) in zip(cost, zip(marks, marks[1:])):
+                cost[stage] += b[0] - a[0]
+                cpu[stage] += b[1] - a[1]
     finally:
         torch.set_num_threads(threads)
     h, w = video.shape[-2:]
     per_video = {k: round(1e3 * v / num_videos, 2) for k, v in cost.items()}
     total = sum(cost.values()) / num_videos
+    cpu_total = sum(cpu.values()) / num_videos
     return {"backend": backend, "videos": num_videos, "ms_per_video": per_video,
-            "videos_per_s_per_core": round(1 / total, 2), "masks": mask_fn is not None,
+            "videos_per_s_per_core": round(1 / total, 2),
+            # CPU time: what the stages cost a core, whatever else the machine runs
+            "cpu_ms_per_video": {k: round(1e3 * v / num_videos, 2) for k, v in cpu.items()},
+            "videos_per_cpu_s": round(1 / cpu_total, 2) if cpu_total > 0 else None,
+            "loadavg_1m": round(os.getloadavg()[0], 2), "masks": mask_fn is not None,
             "token_grid": _grid(mask_fn), "frame_size": f"{w}x{h}",
             "clip": f"{num_frames}x{size}x{size}", "sampling_rate": sampling_rate,
             "num_sample": num_sample}

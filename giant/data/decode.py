@@ -103,13 +103,19 @@ class DecordReader(VideoReader):
 
 
 class PyAVReader(VideoReader):
-    """PyAV: sequential decode from the start, or from a keyframe seek for late windows."""
+    """PyAV: seek to the keyframe before the first wanted frame, decode up to the last one.
 
-    def __init__(self, path: str, num_threads: int = 1, seek_after: int = 64):
+    Frames are numbered by timestamp (pts → index at the stream's constant rate), so a window
+    gets the same frames a full decode from frame 0 would, for at most one GOP of extra decoding
+    (a file written by `giant data prepare` has a keyframe every second). Windows starting
+    below `seek_after` decode from the start and count frames instead (the exact path, also
+    used for variable-frame-rate files, whose timestamps do not give frame numbers); the
+    default 0 always seeks."""
+
+    def __init__(self, path: str, num_threads: int = 1, seek_after: int = 0):
         import av
 
         self.path = path
-        self.seek_after = seek_after  # below this first index, decoding from 0 beats seeking
         try:
             self._container = av.open(path)
             self._stream = self._container.streams.video[0]
@@ -123,37 +129,73 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError("no frames")
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
+        self._start = self._stream.start_time or 0
+        self.seek_after = seek_after
+        self.frames_decoded = 0  # every frame the codec produced, wanted or not (benchmarks)
+        self._seekable = bool(self._fps and self._stream.time_base and _constant_rate(self._stream))
 
-    def _frame_index(self, frame, counter: int, seeked: bool) -> int:
-        if not seeked or frame.pts is None or not self._fps:
-            return counter
-        start = self._stream.start_time or 0
-        return int(round(float((frame.pts - start) * self._stream.time_base) * self._fps))
+    def _index(self, frame) -> int:
+        """Frame number of a decoded frame from its timestamp."""
+        return int(round(float((frame.pts - self._start) * self._stream.time_base) * self._fps))
 
-    def _scan(self, unique: np.ndarray, seek: bool) -> dict:
-        """Decode forward (from a keyframe seek, or from the start) collecting wanted frames."""
-        wanted = {int(i): None for i in unique}
-        last = int(unique[-1])
-        if seek:
-            seconds = float(unique[0]) / self._fps
-            target = int(seconds / float(self._stream.time_base)) + (self._stream.start_time or 0)
-            self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
-        else:
-            self._container.seek(0)
-        for counter, frame in enumerate(self._container.decode(self._stream)):
-            index = self._frame_index(frame, counter, seek)
-            if index in wanted:
-                wanted[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
+    def _timestamp(self, index: float) -> int:
+        return int(round(index / self._fps / float(self._stream.time_base))) + self._start
+
+    def _scan_from(self, target: int, wanted: dict, first: int, last: int) -> int | None:
+        """Seek to the keyframe at or before frame `target` and decode frames first..last into
+        `wanted`. Returns the frame number the seek landed on (> first: it landed late; None:
+        frames without timestamps, which only counting from the start can number)."""
+        # half a frame past the target: mp4 compares keyframe decode times shifted to start
+        # at 0, which a rounding clock (33/34 ms) can put a tick after the display time
+        self._container.seek(self._timestamp(target + 0.5), backward=True, any_frame=False,
+                             stream=self._stream)
+        landed = None
+        for frame in self._container.decode(self._stream):
+            self.frames_decoded += 1
+            if frame.pts is None:
+                return None
+            number = self._index(frame)
+            landed = number if landed is None else landed
+            if landed > first:
+                return landed  # the window starts before this keyframe: seek earlier
+            if number in wanted:
+                wanted[number] = frame.to_ndarray(format="rgb24")
+            if number >= last:
                 break
+        return first if landed is None else landed
+
+    def _scan_all(self, wanted: dict, last: int) -> None:
+        """Decode from the first frame, numbering frames by count (no timestamps needed)."""
+        self._container.seek(0)
+        for number, frame in enumerate(self._container.decode(self._stream)):
+            self.frames_decoded += 1
+            if number in wanted:
+                wanted[number] = frame.to_ndarray(format="rgb24")
+            if number >= last:
+                break
+
+    def _scan(self, unique: np.ndarray) -> dict:
+        wanted = dict.fromkeys(int(i) for i in unique)
+        first, last = int(unique[0]), int(unique[-1])
+        target, step = first, 32
+        while self._seekable and first >= self.seek_after and target > 0:
+            landed = self._scan_from(target, wanted, first, last)
+            if landed is None:
+                break
+            if landed <= first:
+                if all(f is not None for f in wanted.values()):
+                    return wanted
+                break  # timestamps that do not map onto frame numbers: count instead
+            # a demuxer that compares the target with keyframe decode times (not display
+            # times) can land one GOP late for a window starting just before a keyframe
+            target, step = min(target, landed) - step, 2 * step
+        wanted = dict.fromkeys(wanted)
+        self._scan_all(wanted, last)
         return wanted
 
     def _decode(self, unique: np.ndarray) -> np.ndarray:
-        seek = bool(unique[0] >= self.seek_after and self._fps and self._stream.time_base)
         try:
-            wanted = self._scan(unique, seek)
-            if seek and any(f is None for f in wanted.values()):
-                wanted = self._scan(unique, False)  # the seek landed late: decode from the start
+            wanted = self._scan(unique)
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(f"decode failed ({_short(exc)})") from None
         missing = [i for i, f in wanted.items() if f is None]
@@ -168,6 +210,22 @@ class PyAVReader(VideoReader):
         if container is not None:
             container.close()
             self._container = None
+
+
+def _constant_rate(stream) -> bool:
+    """False when the container's index shows frames off an even grid by a quarter frame or
+    more (variable frame rate: phone footage), where timestamps do not give frame numbers.
+    Rounded timestamps (1 ms clocks: 33/34/33 ms) stay on the grid. Containers without a full
+    index (mkv, webm) report True: their timestamps are trusted, as decord trusts them."""
+    try:
+        entries = stream.index_entries
+        if len(entries) < 3 or len(entries) != (stream.frames or -1):
+            return True
+        ts = np.fromiter((e.timestamp for e in entries), np.float64, len(entries))
+    except Exception:  # noqa: BLE001 - an old PyAV without index_entries
+        return True
+    step = (ts[-1] - ts[0]) / (len(ts) - 1)
+    return bool(step > 0 and np.abs(ts - ts[0] - step * np.arange(len(ts))).max() < step / 4)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -80,9 +80,104 @@ def render_video(rng: np.random.Generator, num_frames: int, height: int, width: 
     return frames
 
 
+def _value_noise(rng: np.random.Generator, height: int, width: int,
+                 cells=(1, 2, 4, 8, 16, 32, 64), slope: float = 0.3) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: random grids of several cell sizes, upsampled bicubically and
+    summed with weights cell**slope (a 1/f-like spectrum, as natural images have)."""
+    import torch
+
+    total = np.zeros((height, width), np.float32)
+    for cell in cells:
+        grid = rng.random((1, 1, height // cell + 3, width // cell + 3), dtype=np.float32)
+        up = torch.nn.functional.interpolate(torch.from_numpy(grid), scale_factor=cell,
+                                             mode="bicubic", align_corners=False)
+        total += cell ** slope * up[0, 0, :height, :width].numpy()
+    total -= total.min()
+    return total / max(float(total.max()), 1e-6)
+
+
+def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """float32 [H, W, 3] in grey levels: textured luminance, sharp-edged blocks (walls, furniture,
+    people have edges), and a low-saturation colour cast that drifts slowly across the image."""
+    luma = 0.2 + 0.8 * _value_noise(rng, height, width)
+    for _ in range(int(rng.integers(6, 14))):
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        h = int(rng.integers(height // 16, height // 3))
+        w = int(rng.integers(width // 16, width // 3))
+        luma[y0:y0 + h, x0:x0 + w] *= rng.uniform(0.3, 1.6)
+    base = rng.uniform(0.5, 1.0, size=3).astype(np.float32)
+    cast = np.stack([_value_noise(rng, height, width, cells=(32, 64, 128)) for _ in range(3)], -1)
+    return 230 * luma[..., None] * (base + 0.4 * (cast - 0.5))
+
+
+def _warp(image, shifts_xy, zooms, size: tuple[int, int]):
+    """Sample T frames of `size` from a larger float image [C, H, W] (torch) at sub-pixel offsets
+    and zooms: a smooth, never integer-aligned camera path, as a hand-held camera gives."""
+    import torch
+
+    height, width = size
+    _, big_h, big_w = image.shape
+    n = len(zooms)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.as_tensor(zooms, dtype=torch.float32) * width / big_w
+    theta[:, 1, 1] = torch.as_tensor(zooms, dtype=torch.float32) * height / big_h
+    theta[:, 0, 2] = torch.as_tensor(shifts_xy[:, 0], dtype=torch.float32) * 2 / big_w
+    theta[:, 1, 2] = torch.as_tensor(shifts_xy[:, 1], dtype=torch.float32) * 2 / big_h
+    grid = torch.nn.functional.affine_grid(theta, (n, 3, height, width), align_corners=False)
+    return torch.nn.functional.grid_sample(image.expand(n, -1, -1, -1), grid, mode="bilinear",
+                                           padding_mode="reflection", align_corners=False)
+
+
+def render_camera_video(rng: np.random.Generator, num_frames: int, height: int, width: int,
+                        direction: tuple[int, int] = (1, 0), noise: float = 2.0,
+                        chunk: int = 30) -> np.ndarray:
+    """uint8 [T, H, W, 3] that encodes and decodes like camera footage, not like flat shapes: a
+    textured scene seen through a panning, zooming camera, 2-4 textured objects moving on their
+    own, slow lighting drift and per-frame sensor noise (`noise` = its std in grey levels), so
+    motion search, residuals and bitrate resemble real clips (Kinetics-style benchmarks). The
+    camera pans along `direction`, so the label stays a motion direction."""
+    import torch
+
+    margin = max(height, width) // 2
+    scene = torch.from_numpy(_scene(rng, height + 2 * margin, width + 2 * margin)).permute(2, 0, 1)
+    t = np.arange(num_frames, dtype=np.float32)
+    # a slow pan (pixels per frame) that stays inside the scene for 10 s at 30 fps
+    velocity = -np.asarray(direction, np.float64) * rng.uniform(0.2, 0.5)
+    shake = np.cumsum(rng.normal(0, 0.3, size=(num_frames, 2)), axis=0)
+    path = velocity * t[:, None] + shake
+    zooms = 1 + 0.08 * np.sin(2 * np.pi * t / rng.uniform(90, 240) + rng.uniform(0, 6.3))
+    light = 1 + 0.08 * np.sin(2 * np.pi * t / rng.uniform(60, 200) + rng.uniform(0, 6.3))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    objects = []
+    for _ in range(int(rng.integers(2, 5))):
+        texture = torch.from_numpy(_scene(rng, height, width)).permute(2, 0, 1)
+        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+        ry, rx = rng.uniform(0.1, 0.25) * height, rng.uniform(0.1, 0.25) * width
+        soft = np.clip(4 - np.hypot((yy - cy) / ry, (xx - cx) / rx) * 4, 0, 1)  # 1-2 px edge
+        layer = torch.cat([texture, torch.from_numpy(soft)[None]])
+        wobble = np.sin(t[:, None] / 9) * rng.uniform(0, 4, 2)
+        motion = rng.uniform(-3, 3, size=2) * t[:, None] + wobble
+        objects.append((layer, motion))
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for a in range(0, num_frames, chunk):
+        b = min(a + chunk, num_frames)
+        canvas = _warp(scene, path[a:b], zooms[a:b], (height, width))
+        for layer, motion in objects:
+            moved = _warp(layer, -motion[a:b], np.ones(b - a), (height, width))
+            alpha = moved[:, 3:]
+            canvas = canvas * (1 - alpha) + moved[:, :3] * alpha
+        canvas = canvas * torch.from_numpy(light[a:b, None, None, None])
+        grain = rng.standard_normal(size=canvas.shape, dtype=np.float32)
+        canvas = canvas + noise * torch.from_numpy(grain)
+        frames[a:b] = canvas.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return frames
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str | None = None,
-                gop: int | None = None) -> str:
-    """Encode uint8 [T, H, W, 3] to `path` (H and W must be even). Returns the codec used."""
+                gop: int | None = None, crf: int = 18, preset: str = "veryfast") -> str:
+    """Encode uint8 [T, H, W, 3] to `path` (H and W must be even). Returns the codec used.
+    crf/preset apply to libx264 (18/veryfast: near-lossless and quick; 23/medium is ffmpeg's
+    default, what most downloaded datasets were written with)."""
     import av
 
     codec = codec or pick_codec()
@@ -96,7 +191,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str 
         if codec == "libx264":
             # mbtree reads uninitialised lowres memory on frames this small: with it on, the
             # same video encoded to different bytes depending on what the heap held before
-            stream.options = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
+            stream.options = {"preset": preset, "crf": str(crf), "x264-params": "mbtree=0"}
         else:
             stream.codec_context.bit_rate = 8 * width * height * fps // 4
         for t, array in enumerate(frames):
@@ -124,6 +219,9 @@ def _yuv420_frame(rgb_HWC: np.ndarray):
     return frame
 
 
+STYLES = {"shapes": render_video, "camera": render_camera_video}
+
+
 def _split(labels: list[int], val_fraction: float) -> list[bool]:
     """is_val per video: the last ceil(fraction·n_c) videos of each class (at least one)."""
     is_val = [False] * len(labels)
@@ -143,8 +241,13 @@ def _write_manifest(path: Path, rows: list[tuple[str, int]]) -> None:
 def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: int = 32,
                         height: int = 64, width: int = 64, num_classes: int = 4, seed: int = 0,
                         val_fraction: float = 0.25, fps: int = 25, gop: int | None = None,
-                        codec: str | None = None) -> SynthSet:
-    """Write `num_videos` videos + train.csv / val.csv / classes.txt into `out_dir`."""
+                        codec: str | None = None, style: str = "shapes", crf: int = 18,
+                        preset: str = "veryfast") -> SynthSet:
+    """Write `num_videos` videos + train.csv / val.csv / classes.txt into `out_dir`.
+    style 'shapes': flat shapes on a still background (cheap, for tests and the demo);
+    'camera': camera-like footage (render_camera_video), for decoder benchmarks."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
     if not 1 <= num_classes <= len(DIRECTIONS):
         raise ValueError(f"num_classes must be in 1..{len(DIRECTIONS)}, got {num_classes}")
     if height % 2 or width % 2:
@@ -157,9 +260,9 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
     codec = codec or pick_codec()
     videos = []
     for i, label in enumerate(labels):
-        frames = render_video(rng, num_frames, height, width, DIRECTIONS[names[label]])
+        frames = STYLES[style](rng, num_frames, height, width, DIRECTIONS[names[label]])
         path = out / "videos" / f"{i:05d}.mp4"
-        write_video(path, frames, fps=fps, codec=codec, gop=gop)
+        write_video(path, frames, fps=fps, codec=codec, gop=gop, crf=crf, preset=preset)
         videos.append(path)
     is_val = _split(labels, val_fraction)
     rows = [(f"videos/{p.name}", y) for p, y in zip(videos, labels)]

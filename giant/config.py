@@ -187,6 +187,28 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation (VideoMAE V2 Table 16): the student (`model`, started from
+    `checkpoint.init_from`) learns a frozen teacher classifier's class distribution on the same
+    (mixed) clips. The teacher is not trained, not checkpointed and reloaded from `teacher`."""
+
+    # teacher weights (required): a giant run dir / weights.safetensors, an official VideoMAE / V2
+    # checkpoint or a Hugging Face VideoMAE directory. A teacher without weights teaches nothing.
+    teacher: str = ""
+    # model.* fields over the teacher's own model.json, e.g. {name: vit_g} (checked against the
+    # weights); the input geometry always follows the student's clips
+    teacher_model: Any = field(default_factory=dict)
+    temperature: float = 1.0  # T in softmax(logits / T); the KL term is scaled by T²
+    hard_weight: float = 0.0  # + weight × CE with the (mixed, smoothed) labels; 0 = KL only
+    # weights of the teacher's backbone: auto (bf16 on GPUs, fp16 on GPUs without BF16, bf16 on
+    # CPUs with native BF16, else fp32) | bf16 | fp16 | fp32. fc_norm and head stay fp32.
+    teacher_precision: str = "auto"
+    # JSON list of teacher head rows, one per student class (a K710 teacher for a K400 student:
+    # `giant data k710 rowmap`); "" = the class sets are the same
+    head_rowmap: str = ""
+
+
+@dataclass
 class PrecisionConfig:
     """The policy: encoder in low precision, decoder + target + loss always FP32."""
 
@@ -250,6 +272,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -412,6 +435,7 @@ def validate(cfg: RunConfig) -> None:
     if ft.label_smoothing >= 1 or ft.mixup_prob > 1 or ft.mixup_switch_prob > 1:
         raise ConfigError("finetune.label_smoothing must be < 1, mixup_prob and mixup_switch_prob <= 1")
     _validate_methods(cfg)
+    _validate_distill(cfg.distill)
     act = cfg.engine.activation_checkpointing
     if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
         raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")
@@ -446,6 +470,22 @@ def _validate_methods(cfg: RunConfig) -> None:
         raise ConfigError(f"data.pretrain_crop={data.pretrain_crop!r}: use multiscale or rrc")
     _check_range(data.pretrain_crop_scale, "data.pretrain_crop_scale", 1.0, "[0.5, 1.0]")
     _check_range(data.pretrain_crop_ratio, "data.pretrain_crop_ratio", float("inf"), "[0.75, 1.3333]")
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    if d.temperature <= 0:
+        raise ConfigError(f"distill.temperature={d.temperature}: must be > 0 (1 = plain softmax)")
+    if d.hard_weight < 0:
+        raise ConfigError(f"distill.hard_weight={d.hard_weight}: must be >= 0 (0 = KL only)")
+    if d.teacher_precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"distill.teacher_precision={d.teacher_precision!r}: use auto, bf16, fp16 or fp32")
+    if not isinstance(d.teacher_model, dict):
+        raise ConfigError(f"distill.teacher_model={d.teacher_model!r}: give a mapping of model fields, "
+                          "e.g. {name: vit_g}")
+    unknown = sorted(set(d.teacher_model) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ConfigError(f"distill.teacher_model: unknown key(s) {unknown}; it takes model.* fields "
+                          "(name, patch_size, embed_dim, depth, ...)")
 
 
 def _check_range(pair: list, key: str, upper: float, example: str) -> None:

@@ -47,6 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--teacher", default="", help="distillation mode: a frozen teacher of this size (random "
+                   "weights) runs forward on each batch, then the student (--model, a classifier) trains")
+    p.add_argument("--teacher-precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="distillation mode: the teacher's weights (as distill.teacher_precision)")
+    p.add_argument("--classes", type=int, default=400, help="distillation mode: classes of both heads")
     p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
     return p.parse_args(argv)
 
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
-    result = run(args)
+    result = run_distill(args) if args.teacher else run(args)
     if torch.distributed.get_rank() == 0:
         if args.json:
             out(json.dumps(result))
@@ -131,7 +136,74 @@ def main(argv: list[str] | None = None) -> int:
                   f"on {result['device']}\n"
                   f"  {result['steps_per_s']:.3f} steps/s, {result['clips_per_s']:.2f} clips/s, "
                   f"{result['tflops']:.3f} TFLOP/s/device, MFU {mfu}, {mem}")
+            if args.teacher:
+                out(f"  teacher {result['teacher']} ({result['teacher_precision']}): "
+                    f"{result['teacher_s_per_step']:.3f} s/step forward = {100 * result['teacher_share']:.1f}% "
+                    f"of the step")
     return 0
+
+
+# ----------------------------------------------------------------------------- distillation mode
+def run_distill(args: argparse.Namespace) -> dict:
+    """Teacher forward (frozen, low precision, no graph) + student classifier training step, as
+    the distill stage runs them; the teacher's share of the step is timed on its own."""
+    import dataclasses
+
+    from giant.config import ModelConfig
+    from giant.engine.teacher import choose_teacher_precision, distill_loss, freeze_teacher, teacher_logits
+    from giant.flops import count
+    from giant.models import build_model
+
+    cfg = _config(args)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=args.classes))
+    rank, world, _, device = init_distributed(cfg)
+    try:  # precision.encoder=auto, where that exists (giant.engine.precision.resolve_precision)
+        from giant.engine.precision import resolve_precision  # type: ignore[attr-defined]
+
+        cfg = resolve_precision(cfg, device)
+    except ImportError:
+        pass
+    torch.manual_seed(cfg.stage.seed + rank)
+    scfg = cfg.model.resolved()
+    engine, info = build_engine(construct_model(cfg, scfg, "classifier"), cfg, device)
+    tcfg = ModelConfig(name=args.teacher, num_frames=scfg.num_frames, img_size=scfg.img_size,
+                       num_classes=args.classes).resolved()
+    tprec, _ = choose_teacher_precision(args.teacher_precision, device)
+    teacher = freeze_teacher(build_model(tcfg, "classifier"), tprec, device)
+    g = torch.Generator().manual_seed(rank)
+    raw = torch.randint(0, 256, (args.batch, 3, scfg.num_frames, scfg.img_size, scfg.img_size),
+                        dtype=torch.uint8, generator=g)
+    video = normalize_on_device(raw.to(device), cfg.data.mean, cfg.data.std)
+    elapsed = teacher_s = 0.0
+    loss = float("nan")
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        target = teacher_logits(teacher, video)
+        _sync(device)
+        t1 = time.perf_counter()
+        info.loss_scaler.before_step(engine)
+        step_loss = distill_loss(engine(video).float(), target)
+        engine.backward(step_loss)
+        engine.step()
+        info.loss_scaler.update(not engine.was_step_applied())
+        _sync(device)
+        if i >= args.warmup:
+            elapsed += time.perf_counter() - t0
+            teacher_s += t1 - t0
+        loss = float(step_loss.detach())
+    teacher_flops = count(tcfg, "finetune")["flops"]
+    tput = Throughput(train_flops_per_clip(scfg, None, "finetune") + teacher_flops, device,
+                      cfg.precision.encoder, world)
+    return {"model": args.model, "teacher": args.teacher, "teacher_precision": tprec,
+            "frames": scfg.num_frames, "img_size": scfg.img_size, "batch_per_device": args.batch,
+            "world_size": world, "zero": info.zero_stage, "precision": cfg.precision.encoder,
+            "act_ckpt": cfg.engine.activation_checkpointing, "compile": cfg.engine.compile,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "steps": args.steps, "steps_per_s": args.steps / elapsed,
+            "teacher_s_per_step": teacher_s / args.steps, "teacher_share": teacher_s / elapsed,
+            "train_flops_per_clip": tput.flops_per_clip, "teacher_flops_per_clip": teacher_flops,
+            "last_loss": loss, **tput.update(args.steps * args.batch * world, elapsed), **memory_stats(device)}
 
 
 if __name__ == "__main__":

@@ -179,9 +179,12 @@ class FinetuneStage(Stage):
 
 
 @torch.no_grad()
-def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler]) -> dict:
+def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Optional[Callable] = None,
+             probe_keys: tuple = ()) -> dict:
     """Single centre view per video: loss, top-1, top-5 over the whole val set (each video once;
-    unreadable ones are counted and left out of the accuracy, see val/unreadable)."""
+    unreadable ones are counted and left out of the accuracy, see val/unreadable).
+    `probe(x, logits, y, ok) -> {key: count}` adds per-video counts over the same forward
+    (distillation: agreement with the teacher), reported as val/<key> in percent."""
     from giant.data import normalize_on_device
 
     loader, sampler = val
@@ -189,7 +192,7 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler]) -> dict:
     mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
     std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
     real_all = sampler.real_mask()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count, unreadable
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0] + [0.0] * len(probe_keys)  # loss, top1, top5, count, unreadable
     seen = 0
     was_training = engine.module.training
     engine.eval()
@@ -198,7 +201,8 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler]) -> dict:
             n = batch["label"].shape[0]
             real = real_all[seen:seen + n].to(device)
             seen += n
-            logits = engine(normalize_on_device(batch["video"].to(device), mean, std)).float()
+            x = normalize_on_device(batch["video"].to(device), mean, std)
+            logits = engine(x).float()
             y = batch["label"].to(device)
             ok = batch["valid"].to(device) & real
             k = min(5, logits.shape[1])
@@ -208,13 +212,18 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler]) -> dict:
             sums[2] += float(((top == y[:, None]).any(dim=1) & ok).sum())
             sums[3] += float(ok.sum())
             sums[4] += float((~batch["valid"].to(device) & real).sum())
+            if probe is not None:
+                counts = probe(x, logits, y, ok)
+                for i, key in enumerate(probe_keys):
+                    sums[5 + i] += float(counts[key])
     finally:
         engine.train(was_training)
-    loss, top1, top5, count, unreadable = all_reduce_sum(sums, device)
+    loss, top1, top5, count, unreadable, *probed = all_reduce_sum(sums, device)
     if count == 0:
         return {"val/unreadable": unreadable}
     return {"val/loss": loss / count, "val/top1": 100.0 * top1 / count, "val/top5": 100.0 * top5 / count,
-            "val/videos": count, "val/unreadable": unreadable}
+            "val/videos": count, "val/unreadable": unreadable,
+            **{f"val/{key}": 100.0 * v / count for key, v in zip(probe_keys, probed)}}
 
 
 def run(cfg: RunConfig) -> dict:

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("giant.stages.pretrain", "masked-autoencoder pre-training (run under deepspeed/torchrun)"),
     "finetune": ("giant.stages.finetune", "supervised fine-tuning / K710 post-pre-training (run under deepspeed/torchrun)"),
     "evaluate": ("giant.stages.evaluate", "multi-view test of a fine-tuned run: top-1/top-5, per-class, confusion, predictions"),
+    "pipeline": ("giant.stages.pipeline_cli", "run | plan | status: the progressive pipeline (launch/pipelines/*.yaml), stage by stage"),
     "convert-maest": ("giant.interop.maest", "official facebookresearch/mae_st checkpoint -> weights.safetensors + model.json"),
     "export": ("giant.engine.checkpoint", "consolidate a DeepSpeed checkpoint into weights.safetensors + model.json"),
     "reshard": ("giant.engine.checkpoint:reshard_main",

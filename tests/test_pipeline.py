@@ -22,9 +22,11 @@ from _launch import REPO, env
 
 HAS_DISTILL = (REPO / "launch" / "distill.py").is_file()  # the lead removes this gate after merging distill
 STEPS = 4
+LAUNCHER = "python"
 
 
 def _pipeline(synth, root: Path, middle_extra: dict | None = None) -> dict:
+    """The demo chain at test size; `middle_extra` goes to the fine-tune stage (the third)."""
     data = {"data.manifest": str(synth.train_manifest), "data.val_manifest": str(synth.val_manifest),
             "model.num_frames": 4, "data.num_sample": 2, "data.num_workers": 0, "optim.batch_size": 2,
             "optim.total_steps": STEPS, "optim.warmup_steps": 1, "checkpoint.every_steps": 2,
@@ -33,9 +35,9 @@ def _pipeline(synth, root: Path, middle_extra: dict | None = None) -> dict:
     stages = [
         {"name": "pretrain", "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml", "overrides": data},
         {"name": "postpretrain", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml",
-         "init_from": "pretrain", "overrides": {**sup, **(middle_extra or {})}},
+         "init_from": "pretrain", "overrides": sup},
         {"name": "finetune", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml",
-         "init_from": "postpretrain", "overrides": sup},
+         "init_from": "postpretrain", "overrides": {**sup, **(middle_extra or {})}},
     ]
     if HAS_DISTILL:
         stages.append({"name": "distill", "kind": "distill", "recipe": "launch/recipes/demo_distill.yaml",
@@ -58,7 +60,7 @@ def giant(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def run(path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return giant("run", str(path), "--launcher", "torchrun", "--nproc", "2", *extra)
+    return giant("run", str(path), "--launcher", LAUNCHER, *extra)
 
 
 def out(proc: subprocess.CompletedProcess) -> str:
@@ -111,19 +113,23 @@ def test_interrupted_middle_stage_resumes_to_the_same_final_metrics(full, synth_
     d = full["dir"]
     root = d / "resumed"
     root.mkdir()
-    shutil.copytree(full["root"] / "pretrain", root / "pretrain")  # done: same config, skipped
+    for done in ("pretrain", "postpretrain"):  # same config: skipped, wherever the run dirs are
+        shutil.copytree(full["root"] / done, root / done)
     stopped = _write(d / "stopped.yaml", _pipeline(synth_videos, root, {"stage.stop_after": 2}))
     proc = run(stopped)
     assert proc.returncode == 3, out(proc)
-    assert "[pretrain] done, skipped" in proc.stdout
+    assert "[pretrain] done, skipped" in proc.stdout and "[postpretrain] done, skipped" in proc.stdout
     assert "stopped before its end (stop_after at step 2)" in proc.stderr
     plan = giant("plan", str(stopped), "--no-flops")
     assert "partial at step 2" in plan.stdout, out(plan)
 
     proc = run(_write(d / "again.yaml", _pipeline(synth_videos, root)))
     assert proc.returncode == 0, out(proc)
-    assert "[postpretrain] partial at step 2: resuming" in proc.stdout
-    assert f"resumed from {root / 'postpretrain' / 'checkpoints' / 'step_00000002'}" in proc.stdout + proc.stderr
+    assert "[finetune] partial at step 2: resuming" in proc.stdout
+    assert f"resumed from {root / 'finetune' / 'checkpoints' / 'step_00000002'}" in proc.stdout + proc.stderr
+    resumed = [json.loads(line)["loss"] for line in (root / "finetune" / "metrics.jsonl").open()]
+    uninterrupted = [json.loads(line)["loss"] for line in (full["root"] / "finetune" / "metrics.jsonl").open()]
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6) and len(resumed) == STEPS
     a, b = metrics(full["root"]), metrics(root)
     assert list(a) == list(b)
     for stage in a:
@@ -198,7 +204,7 @@ def test_stop_signal_to_the_pipeline_reaches_the_stage(synth_videos, tmp_path):
     pipe["stages"][0]["overrides"].update({"optim.total_steps": 100000, "checkpoint.every_steps": 0})
     path = _write(tmp_path / "p.yaml", pipe)
     proc = subprocess.Popen([sys.executable, "-m", "giant.cli", "pipeline", "run", str(path), "--launcher",
-                             "python"], cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "torchrun", "--nproc", "2"], cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     metrics_file = tmp_path / "runs" / "pretrain" / "metrics.jsonl"
     try:
@@ -217,3 +223,74 @@ def test_stop_signal_to_the_pipeline_reaches_the_stage(synth_videos, tmp_path):
     assert summary["reason"] == "signal:SIGTERM" and summary["steps"] >= 2
     plan = giant("plan", str(path), "--no-flops")
     assert f"partial at step {summary['steps']}" in plan.stdout, out(plan)
+
+
+def test_launcher_commands():
+    from giant.stages.pipeline_cli import command
+
+    args = ["--recipe", "r.yaml", "stage.run_dir=runs/x"]
+    ds, _ = command("deepspeed", 8, 29500, "launch/finetune.py", args)
+    assert Path(ds[0]).name == "deepspeed" and ds[1:5] == ["--num_gpus", "8", "--master_port", "29500"]
+    assert ds[5].endswith("launch/finetune.py") and ds[6:] == args
+    tr, e = command("torchrun", 4, 29501, "launch/pretrain.py", args)
+    assert tr[:7] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
+                      "--master_port", "29501"] and "RANK" not in e
+    sr, e = command("srun", 16, 29502, "launch/evaluate.py", args)
+    assert sr[:4] == ["srun", "--ntasks=16", "--kill-on-bad-exit=1", "--export=ALL"] and e["MASTER_PORT"] == "29502"
+    assert "RANK=$SLURM_PROCID" in sr[6] and sr[8:] == [sys.executable, sr[9], *args]
+    assert command("python", 1, 0, "launch/pretrain.py", args)[0][2:] == args
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"name": "b", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml", "init_from": "nope"},
+     "'nope' is not an earlier stage (earlier: ['a'])"),
+    ({"name": "b", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml", "init_from": "a",
+      "overrides": {"checkpoint.init_from": "runs/a"}}, "write `init_from: STAGE_NAME` in the stage instead"),
+    ({"name": "b", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml"}, "needs init_from: STAGE"),
+    ({"name": "b", "kind": "evaluate", "target": "a", "teacher": "a"}, "'teacher' is not an input of evaluate stages"),
+    ({"name": "a", "kind": "evaluate", "target": "a"}, "stage name 'a' is used twice"),
+    ({"name": "b", "kind": "train"}, "kind='train'; use one of pretrain, finetune, distill, evaluate"),
+])
+def test_pipeline_file_mistakes_are_named(tmp_path, stage, message):
+    from giant.errors import ConfigError
+    from giant.stages.pipeline import load_pipeline
+
+    path = _write(tmp_path / "p.yaml", {"name": "t", "stages": [
+        {"name": "a", "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml"}, stage]})
+    with pytest.raises(ConfigError, match="stages\\[1\\]") as err:
+        load_pipeline(path)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["demo", "vitg_k400", "vitg_ssv2"])
+def test_shipped_pipelines_chain_by_stage_name(name, monkeypatch):
+    from giant.stages.pipeline import load_pipeline
+
+    monkeypatch.chdir(REPO)
+    pipe = load_pipeline(f"launch/pipelines/{name}.yaml")
+    kinds = [s.kind for s in pipe.stages]
+    assert kinds.count("pretrain") >= 1 and "distill" in kinds and kinds[-2:] == ["evaluate", "evaluate"]
+    for s in pipe.stages:
+        assert all(isinstance(v, str) for v in s.inputs.values()), s.name  # stage names, no paths
+        assert s.recipe is None or (REPO / s.recipe).is_file() or "distill" in s.recipe, s.recipe
+    assert pipe.stages[-1].inputs["target"] == next(s.name for s in pipe.stages if s.kind == "distill")
+
+
+def test_evaluate_slices_a_larger_head_by_the_rowmap(tmp_path):
+    """The student distilled on K710 is scored on K400: its head's K400 rows, in K400 order."""
+    import torch
+
+    from giant.config import load_config
+    from giant.errors import ConfigError
+    from giant.stages.evaluate import _slice_head
+
+    (tmp_path / "rows.json").write_text("[4, 1, 2]")
+    cfg = load_config(None, [f"finetune.head_rowmap={tmp_path / 'rows.json'}", "model.num_classes=6"])
+    w, b = torch.arange(12.0).reshape(6, 2), torch.arange(6.0)
+    state = {"head.weight": w.clone(), "head.bias": b.clone()}
+    assert _slice_head(cfg, cfg.model, state).num_classes == 3
+    assert torch.equal(state["head.bias"], b[[4, 1, 2]]) and torch.equal(state["head.weight"], w[[4, 1, 2]])
+    kept = {"head.weight": w[:3].clone(), "head.bias": b[:3].clone()}  # already sliced when fine-tuned
+    assert _slice_head(cfg, cfg.model, kept) is cfg.model and torch.equal(kept["head.bias"], b[:3])
+    with pytest.raises(ConfigError, match="row 4 but the head"):
+        _slice_head(cfg, cfg.model, {"head.weight": w[:4], "head.bias": b[:4]})

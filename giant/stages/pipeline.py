@@ -176,7 +176,7 @@ def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Pa
 def _input(value: Any, key: str, kind: str, earlier: list[StageSpec], where: str) -> Any:
     allowed = {"init_from": TRAINING, "teacher": ("distill",), "target": ("evaluate",)}[key]
     if kind not in allowed:
-        raise ConfigError(f"{where}: '{key}' is not an input of a {kind} stage")
+        raise ConfigError(f"{where}: '{key}' is not an input of {kind} stages")
     if isinstance(value, dict) and set(value) == {"path"}:  # outside weights (e.g. an official checkpoint)
         return {"path": str(value["path"])}
     names = {s.name: s for s in earlier}

@@ -1,10 +1,12 @@
-"""The progressive pipeline end to end on real decoded videos, 2 CPU ranks per stage (torchrun,
-gloo): pre-train → post-pre-train → fine-tune → [distil] → evaluate, through `giant pipeline run`.
-One uninterrupted run is shared by the assertions: a second run launches nothing; a run stopped
-in the middle stage (stage.stop_after) and re-run resumes that stage and ends with the same
-final metrics; a changed recipe value in a finished stage is refused naming the field; the
-plan of the shipped ViT-g pipeline comes from the recipes alone. A stop signal to
-`giant pipeline run` reaches the stage's process group, which saves and reports "interrupted"."""
+"""The progressive pipeline end to end on real decoded videos through `giant pipeline run`:
+pre-train → post-pre-train → fine-tune → [distil] → evaluate, each stage a real subprocess
+(`--launcher python`, one rank: the chain is what is tested, and it keeps this under two
+minutes). One uninterrupted run is shared by the assertions: a second run launches nothing; a
+run stopped in the middle stage (stage.stop_after) and re-run resumes that stage and ends with
+the same losses and final metrics; a changed recipe value in a finished stage is refused naming
+the field; the plan of the shipped ViT-g pipeline comes from the recipes alone. A SIGTERM to
+`giant pipeline run` reaches the stage's whole process group (torchrun, 2 ranks), which saves
+and is reported as interrupted, then planned as partial."""
 from __future__ import annotations
 
 import json
@@ -204,8 +206,8 @@ def test_stop_signal_to_the_pipeline_reaches_the_stage(synth_videos, tmp_path):
     pipe["stages"][0]["overrides"].update({"optim.total_steps": 100000, "checkpoint.every_steps": 0})
     path = _write(tmp_path / "p.yaml", pipe)
     proc = subprocess.Popen([sys.executable, "-m", "giant.cli", "pipeline", "run", str(path), "--launcher",
-                             "torchrun", "--nproc", "2"], cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             "torchrun", "--nproc", "2"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     metrics_file = tmp_path / "runs" / "pretrain" / "metrics.jsonl"
     try:
         t0 = time.time()
@@ -225,9 +227,10 @@ def test_stop_signal_to_the_pipeline_reaches_the_stage(synth_videos, tmp_path):
     assert f"partial at step {summary['steps']}" in plan.stdout, out(plan)
 
 
-def test_launcher_commands():
+def test_launcher_commands(monkeypatch):
     from giant.stages.pipeline_cli import command
 
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     args = ["--recipe", "r.yaml", "stage.run_dir=runs/x"]
     ds, _ = command("deepspeed", 8, 29500, "launch/finetune.py", args)
     assert Path(ds[0]).name == "deepspeed" and ds[1:5] == ["--num_gpus", "8", "--master_port", "29500"]

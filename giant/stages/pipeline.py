@@ -261,7 +261,8 @@ def _resolve_one(r: Resolved, done: dict[str, Resolved]) -> None:
         recipe = ["--recipe", spec.recipe] if spec.recipe else []
         r.args = [path, "--out", str(spec.run_dir)] + recipe + spec.overrides
         r.sbatch_args = [path] + recipe + spec.overrides  # evaluate.sbatch adds --out "$RUN_DIR"
-        r.tree = {"kind": spec.kind, "target": ref, **_hashed(_flat(_merge(_recipe_tree(spec.recipe, where), over_tree)))}
+        own = _merge(_recipe_tree(spec.recipe, where), over_tree)  # the target's config is in its hash
+        r.tree = {"kind": spec.kind, "target": ref, **_hashed(_flat(own))}
         nested = _merge(base, over_tree)
         nested = _merge(nested, {"checkpoint": {"init_from": path}})
         r.cfg = from_dict(RunConfig, nested, where)

@@ -63,7 +63,9 @@ def command(launcher: str, nproc: int, port: int, script: str, args: list[str]) 
     if launcher == "srun":
         env.setdefault("MASTER_ADDR", _first_host())
         env["MASTER_PORT"] = str(port)
-        return ["srun", f"--ntasks={nproc}", "--kill-on-bad-exit=1", "--export=ALL", "bash", "-c",
+        # srun does not inherit the allocation's --cpus-per-task (Slurm >= 22.05): pass it on
+        cpus = [f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}"] if env.get("SLURM_CPUS_PER_TASK") else []
+        return ["srun", f"--ntasks={nproc}", *cpus, "--kill-on-bad-exit=1", "--export=ALL", "bash", "-c",
                 SRUN_RANKS, "_", py, script, *args], env
     raise ConfigError(f"--launcher {launcher!r}: use one of {', '.join(LAUNCHERS)}")
 
@@ -250,7 +252,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = []
     for r in rows:
         flops = r["flops"]
-        cell = _human(flops) if flops else (f"{_human(r['flops_per_video'])}/video" if r.get("flops_per_video") else "-")
+        per_video = r.get("flops_per_video")
+        cell = _human(flops) if flops else (f"{_human(per_video)}/video" if per_video else "-")
         cells = [r["name"], r["kind"], "error" if r["error"] else
                  ("changed" if r["status"] == "changed" else r["label"]), r["world"],
                  _fmt(r["global_batch"], "d"), _fmt(r["lr"], ".3g"), _fmt(r["steps"], "d"), cell]
@@ -276,7 +279,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               "test top-5"]
     table = [[r["stage"], r["kind"] + (f" {r['target']}" if r["target"] else ""), r["status"],
               _fmt(r["steps"], "d"),
-              f"{_fmt(r['first_loss'], '.4f')} → {_fmt(r['last_loss'], '.4f')}" if r["last_loss"] is not None else "-",
+              "-" if r["last_loss"] is None else f"{_fmt(r['first_loss'], '.4f')} → {_fmt(r['last_loss'], '.4f')}",
               _fmt(r["best_val_top1"], ".2f"), _fmt(r["test_top1"], ".2f"), _fmt(r["test_top5"], ".2f")]
              for r in rows]
     path = Path(getattr(args, "json", None) or pipe.root / "status.json")
@@ -306,7 +309,8 @@ def _parser() -> argparse.ArgumentParser:
                           "(inside a Slurm allocation, one task per GPU) | python (one rank)")
     run.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one per stage)")
     run.add_argument("--json", default=None, help="where the final status table is written (default ROOT/status.json)")
-    plan.add_argument("--json", action="store_true", help="print one JSON object (launch/slurm/submit_pipeline.sh reads it)")
+    plan.add_argument("--json", action="store_true",
+                      help="print one JSON object (launch/slurm/submit_pipeline.sh reads it)")
     plan.add_argument("--no-flops", action="store_true",
                       help="skip the FLOPs estimate, which imports the model code (submit_pipeline.sh)")
     plan.add_argument("--gpu-tflops", type=float, default=None,

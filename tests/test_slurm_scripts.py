@@ -1,6 +1,9 @@
 """The Slurm scripts' shell logic, with stand-ins for srun/scontrol/python on PATH: one task per
 GPU gets RANK/LOCAL_RANK/WORLD_SIZE from Slurm, srun is given the CPUs per task, and a run that
-stopped on a preemption signal requeues the job (a stale marker from an earlier job does not)."""
+stopped on a preemption signal requeues the job (a stale marker from an earlier job does not).
+submit_pipeline.sh against a stand-in scheduler (sbatch/scontrol/squeue that record their
+arguments and run the job): the afterok chain, skip-finished, a requeued stage holding its
+dependants, a configuration error releasing nothing, refusal of a changed stage and --force."""
 from __future__ import annotations
 
 import json
@@ -102,7 +105,7 @@ def test_user_error_exit_2_never_requeues(tmp_path):
 # A tiny scheduler: sbatch runs the job at once (its output to a log), after checking that every
 # afterok dependency completed with 0; a job that asked `scontrol requeue` for itself runs
 # again under the same id before sbatch returns, so its dependants see it only once it
-# completes. States: STATE/<id> = the exit code, or "never" (DependencyNeverSatisfied).
+# completes. States: STATE/<id> = the exit code, or "never" (a dependency failed: cancelled).
 SBATCH = r"""#!/usr/bin/env bash
 echo "sbatch $*" >> "$CALLS"
 deps="" name="" run_dir=""
@@ -203,7 +206,7 @@ def test_submit_chain_dependencies_then_skip_finished(tmp_path):
     sb = [c for c in calls if c.startswith("sbatch")]
     assert len(sb) == 3
     assert "--job-name=t:pretrain" in sb[0] and "--dependency" not in sb[0]
-    assert "--job-name=t:ft" in sb[1] and "--dependency=afterok:1 " in sb[1]
+    assert "--job-name=t:ft" in sb[1] and "--dependency=afterok:1 --kill-on-invalid-dep=yes" in sb[1]
     assert "--job-name=t:ev" in sb[2] and "--dependency=afterok:2 " in sb[2]
     assert "--nodes=1 --ntasks-per-node=2" in sb[0] and "--export=ALL,RUN_DIR=runs/t/pretrain" in sb[0]
     assert sb[0].endswith("launch/slurm/pretrain.sbatch launch/recipes/demo_pretrain.yaml "

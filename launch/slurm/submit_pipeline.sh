@@ -2,8 +2,8 @@
 # Submit a whole pipeline (launch/pipelines/*.yaml) to Slurm at once: one job per stage that is
 # not done, named PIPELINE:STAGE, each waiting for the jobs of its input stages with
 # --dependency=afterok. A preempted or crashed stage requeues itself under the same job id
-# (launch/slurm/env.sh), so its dependants keep waiting until it really completes; a stage that
-# fails for good leaves them pending with DependencyNeverSatisfied (scancel them, fix, re-submit).
+# (launch/slurm/env.sh), so its dependants keep waiting until it really completes; when a stage
+# fails for good its dependants are cancelled (--kill-on-invalid-dep): fix it and re-submit.
 # Usage:
 #   launch/slurm/submit_pipeline.sh PIPELINE.yaml [--force STAGE]... [-- SBATCH_OPTIONS...]
 # Re-submitting skips done stages (`giant pipeline plan --json` decides), does not submit a
@@ -84,7 +84,8 @@ while IFS=$'\x1f' read -r stage label run_dir script nodes tasks inputs args; do
   done
   opts=(--parsable --job-name="$name:$stage" --nodes="$nodes" --ntasks-per-node="$tasks"
         --gpus-per-node="$tasks" --export="ALL,RUN_DIR=$run_dir")
-  [ -n "$dep" ] && opts+=(--dependency="afterok$dep")
+  # a dependant of a job that failed for good is cancelled, not left pending for ever
+  [ -n "$dep" ] && opts+=(--dependency="afterok$dep" --kill-on-invalid-dep=yes)
   eval "stage_args=($args)"
   id=$(sbatch "${opts[@]}" "${SBATCH_OPTS[@]}" "$script" "${stage_args[@]}")
   JOB[$stage]=${id%%;*}

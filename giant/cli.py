@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("giant.stages.finetune", "supervised fine-tuning / K710 post-pre-training (run under deepspeed/torchrun)"),
     "distill": ("giant.stages.distill", "distil a frozen teacher classifier into a student (also the `distill` script)"),
     "evaluate": ("giant.stages.evaluate", "multi-view test of a fine-tuned run: top-1/top-5, per-class, confusion, predictions"),
+    "pipeline": ("giant.stages.pipeline_cli", "run | plan | status: the progressive pipeline (launch/pipelines/*.yaml), stage by stage"),
     "convert-maest": ("giant.interop.maest", "official facebookresearch/mae_st checkpoint -> weights.safetensors + model.json"),
     "export": ("giant.engine.checkpoint", "consolidate a DeepSpeed checkpoint into weights.safetensors + model.json"),
     "reshard": ("giant.engine.checkpoint:reshard_main",

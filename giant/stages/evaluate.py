@@ -62,14 +62,36 @@ def build_eval_model(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Mod
     from giant.models import build_model
 
     model_cfg = _model_cfg(cfg)
-    model = build_model(model_cfg, "classifier", init=False)
     state, _ = load_weights(cfg.checkpoint.init_from)
+    model_cfg = _slice_head(cfg, model_cfg, state)
+    model = build_model(model_cfg, "classifier", init=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{cfg.checkpoint.init_from}: weights do not fit the classifier "
                           f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     apply_precision(model, cfg.precision.encoder, device.type)
     return model.to(device).eval(), model_cfg
+
+
+def _slice_head(cfg: RunConfig, model_cfg: Any, state: dict) -> Any:
+    """finetune.head_rowmap on a head with more rows than the map (a K710 model scored on
+    K400/600/700 labels, e.g. the distilled student): keep the mapped rows, in the map's order.
+    A head with as many rows as the map was sliced when it was fine-tuned and is left alone."""
+    from giant.stages.weights import read_rowmap
+
+    if not cfg.finetune.head_rowmap or "head.weight" not in state:
+        return model_cfg
+    rows = read_rowmap(cfg.finetune.head_rowmap)
+    have = state["head.weight"].shape[0]
+    if have == len(rows):
+        return model_cfg
+    if max(rows) >= have:
+        raise ConfigError(f"finetune.head_rowmap={cfg.finetune.head_rowmap}: row {max(rows)} but the "
+                          f"head in {cfg.checkpoint.init_from} has {have} rows")
+    idx = torch.tensor(rows)
+    state["head.weight"], state["head.bias"] = state["head.weight"][idx], state["head.bias"][idx]
+    log.info("head sliced %d → %d rows by %s", have, len(rows), cfg.finetune.head_rowmap)
+    return dataclasses.replace(model_cfg, num_classes=len(rows))
 
 
 @torch.no_grad()

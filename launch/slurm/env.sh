@@ -60,3 +60,17 @@ giant_requeue() {
   echo "giant: job step failed (exit $rc); requeue $((count + 1))/$max, resuming from $latest"
   scontrol requeue "$SLURM_JOB_ID"
 }
+
+# The whole job step of every stage script: clear the markers of an earlier job (this one
+# decides anew), start SCRIPT once per GPU, requeue on preemption or a crash (giant_requeue),
+# and exit with the step's code. A requeued job keeps its id, so jobs depending on it with
+# --dependency=afterok keep waiting until it really completes.
+#   giant_run_stage RUN_DIR launch/<stage>.py ARGS...
+giant_run_stage() {
+  local run_dir=$1 rc=0
+  shift
+  rm -f "$run_dir/PREEMPTED" "$run_dir/ERROR"
+  giant_srun python "$@" || rc=$?
+  giant_requeue "$run_dir" "$rc"
+  exit "$rc"
+}

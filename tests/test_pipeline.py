@@ -43,7 +43,7 @@ def _pipeline(synth, root: Path, middle_extra: dict | None = None) -> dict:
     ]
     if HAS_DISTILL:
         stages.append({"name": "distill", "kind": "distill", "recipe": "launch/recipes/demo_distill.yaml",
-                       "init_from": "pretrain", "teacher": "finetune", "overrides": sup})
+                       "teacher": "finetune", "overrides": sup})  # a smaller student: its own init
     stages.append({"name": "eval_teacher", "kind": "evaluate", "target": "finetune"})
     if HAS_DISTILL:
         stages.append({"name": "eval_student", "kind": "evaluate", "target": "distill"})

@@ -29,7 +29,7 @@ KINDS = ("pretrain", "finetune", "distill", "evaluate")
 TRAINING = ("pretrain", "finetune", "distill")
 # stage-file key → the config field it fills with an earlier stage's run dir
 INPUTS = {"init_from": "checkpoint.init_from", "teacher": "distill.teacher"}
-NEEDS = {"finetune": ("init_from",), "distill": ("init_from", "teacher"), "evaluate": ("target",)}
+NEEDS = {"finetune": ("init_from",), "distill": ("teacher",), "evaluate": ("target",)}  # a student may start from its own init
 RECORD = "pipeline_stage.json"
 # Settings that change how a stage runs, not what it produces: left out of the hash, so changing
 # them (more loader workers, another ZeRO layout, checkpoint cadence) never invalidates a stage.

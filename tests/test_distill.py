@@ -43,7 +43,8 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def _cfg(teacher: Path, *extra: str):
-    return load_config(RECIPE, [f"distill.teacher={teacher}", "model.num_frames=4", "model.drop_path_rate=0",
+    return load_config(RECIPE, [f"distill.teacher={teacher}", "model.num_frames=4", "model.img_size=32",
+                                "model.drop_path_rate=0",
                                 "stage.device=cpu", "data.num_sample=1", "optim.batch_size=4", *extra])
 
 
@@ -217,7 +218,8 @@ def test_console_script_entry_and_help(tmp_path):
 # ----------------------------------------------------------------------------- 2 ranks, resumed
 def _overrides(synth, run_dir: Path, *extra: str) -> list[str]:
     return [f"data.manifest={synth.train_manifest}", f"data.val_manifest={synth.val_manifest}",
-            f"stage.run_dir={run_dir}", "model.num_frames=4", "data.num_sample=2", "optim.batch_size=2",
+            f"stage.run_dir={run_dir}", "model.num_frames=4", "model.img_size=32", "data.short_side=36",
+            "data.num_sample=2", "optim.batch_size=2",
             f"optim.total_steps={STEPS}", "optim.warmup_steps=1", "checkpoint.every_steps=2",
             "stage.eval_every=2", "finetune.mixup=0.8", "finetune.cutmix=1.0", "distill.temperature=2",
             "distill.hard_weight=0.3", "precision.encoder=bf16", "distill.teacher_precision=bf16",
@@ -277,3 +279,20 @@ def test_artifact_holds_the_student_only(runs):
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     assert {"train/kl", "train/agreement", "train/hard_loss", "val/agreement", "val/top1"} <= set(acc.Tags()["scalars"])
+
+
+def test_bench_distillation_mode(tmp_path):
+    from giant.flops import count
+
+    cmd = [sys.executable, "-m", "giant.cli", "bench", "--model", "tiny", "--teacher", "tiny", "--frames", "4",
+           "--img-size", "32", "--batch", "2", "--steps", "2", "--warmup", "1", "--classes", "4",
+           "--teacher-precision", "bf16", "--json", "model.depth=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["teacher"] == "tiny" and r["teacher_precision"] == "bf16" and r["steps"] == 2
+    assert 0 < r["teacher_s_per_step"] < 1 / r["steps_per_s"] and 0 < r["teacher_share"] < 1
+    teacher = count(ModelConfig(name="tiny", num_frames=4, img_size=32, num_classes=4), "finetune")
+    student = count(ModelConfig(name="tiny", depth=1, num_frames=4, img_size=32, num_classes=4), "finetune")
+    assert r["teacher_flops_per_clip"] == teacher["flops"]  # the teacher keeps its own depth
+    assert r["train_flops_per_clip"] == student["train_flops"] + teacher["flops"]

@@ -115,7 +115,8 @@ def _teacher_state(cfg: RunConfig, path: str, student_classes: int) -> tuple[dic
     return state, info, classes
 
 
-def load_teacher(cfg: RunConfig, student: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, ModelConfig, str]:
+def load_teacher(cfg: RunConfig, student: ModelConfig,
+                 device: torch.device) -> tuple[torch.nn.Module, ModelConfig, str]:
     """(frozen teacher on `device`, its config, its precision). Every rank loads its own copy."""
     from giant.engine.deepspeed import load_state
     from giant.models import build_model

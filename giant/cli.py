@@ -28,13 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def out(text: str = "", err: bool = False) -> None:
-    """The CLI output layer: commands write results here; library code logs instead."""
-    stream = sys.stderr if err else sys.stdout
-    stream.write(f"{text}\n")
-    stream.flush()
-
-
 def _usage() -> str:
     lines = ["usage: giant <command> [options]   (giant <command> --help for details)", "",
              "commands:"]

@@ -92,6 +92,13 @@ class ModelConfig:
         return resolve_model_config(self)
 
 
+def token_grid(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(T', H', W') of the token grid for a resolved model config: pure arithmetic, so data and
+    masking code can ask without importing the model package."""
+    return (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size,
+            cfg.img_size // cfg.patch_size)
+
+
 @dataclass
 class MaskConfig:
     """Encoder and decoder masking (SPEC §3). decoder='none' or decoder_ratio 0 = VideoMAE V1."""

@@ -35,7 +35,7 @@ import sys
 from typing import Optional
 
 from giant.config import MaskConfig, ModelConfig
-from giant.cli import out
+from giant.console import out
 from giant.errors import ConfigError, GiantError
 from giant.masking import running_cell_count
 from giant.models.vit import token_grid

@@ -16,7 +16,7 @@ import torch
 
 from giant.config import MaskConfig
 from giant.errors import ConfigError
-from giant.models.vit import token_grid  # re-exported: data code asks masking for the grid
+from giant.config import token_grid  # re-exported: data code asks masking for the grid
 
 __all__ = ["MaskGenerator", "token_grid", "tube_keep", "random_keep", "frame_keep", "block_keep",
            "running_cell_keep", "running_cell_masked", "running_cell_count", "keep_to_mask",

@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from giant.cli import out
+from giant.console import out
 from giant.data import kinetics710
 from giant.errors import GiantError
 

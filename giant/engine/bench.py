@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from giant.cli import out
+from giant.console import out
 from giant.config import load_config
 from giant.data.transforms import normalize_on_device
 from giant.engine.deepspeed import build_engine, construct_model, init_distributed

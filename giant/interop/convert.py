@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from giant.cli import out
+from giant.console import out
 from giant.errors import CheckpointError
 from giant.interop import layout, load_any, save_giant
 

@@ -71,6 +71,18 @@ def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
                      t=t, h=h, w=w, p0=tubelet, p1=patch, p2=patch, c=chans)
 
 
+def masked_token_mse(pred_BMP: torch.Tensor, tgt_BMP: torch.Tensor, enc_keep_BK: torch.Tensor,
+                     dec_keep_BM: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mask_BM): MSE per token, averaged over the decoder-kept tokens the encoder did not
+    see (SPEC §2). Shared by every autoencoder here (VideoMAE V1/V2, AdaMAE, MAE-ST)."""
+    visible_BN = torch.zeros(pred_BMP.shape[0], num_tokens, dtype=torch.bool, device=pred_BMP.device)
+    visible_BN.scatter_(1, enc_keep_BK, True)
+    mask_BM = ~torch.gather(visible_BN, 1, dec_keep_BM)
+    per_tok_BM = (pred_BMP.float() - tgt_BMP).pow(2).mean(dim=-1)
+    w_BM = mask_BM.float()
+    return (per_tok_BM * w_BM).sum() / w_BM.sum().clamp_min(1.0), mask_BM
+
+
 class MaskedVideoAutoencoder(nn.Module):
     """mean/std: the per-channel statistics the input was normalised with (data.mean /
     data.std, passed by build_model); the target is computed on the un-normalised pixels."""
@@ -166,13 +178,7 @@ class MaskedVideoAutoencoder(nn.Module):
                      enc_keep_BK: torch.Tensor, dec_keep_BM: torch.Tensor) -> MAEOutput:
         """MSE per token, averaged over tokens that are encoder-masked AND decoder-kept."""
         tgt_BMP = gather_tokens(self.target(video_BCTHW), dec_keep_BM)
-        B, N = video_BCTHW.shape[0], self.encoder.num_tokens
-        visible_BN = torch.zeros(B, N, dtype=torch.bool, device=pred_BMP.device)
-        visible_BN.scatter_(1, enc_keep_BK, True)
-        mask_BM = ~torch.gather(visible_BN, 1, dec_keep_BM)
-        per_tok_BM = (pred_BMP.float() - tgt_BMP).pow(2).mean(dim=-1)
-        w_BM = mask_BM.float()
-        loss = (per_tok_BM * w_BM).sum() / w_BM.sum().clamp_min(1.0)
+        loss, mask_BM = masked_token_mse(pred_BMP, tgt_BMP, enc_keep_BK, dec_keep_BM, self.encoder.num_tokens)
         return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM,
                          enc_keep=enc_keep_BK, dec_keep=dec_keep_BM)
 

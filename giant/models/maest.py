@@ -34,7 +34,7 @@ from timm.layers import DropPath
 
 from giant.config import ModelConfig
 from giant.errors import ConfigError
-from giant.models.mae import MAEOutput
+from giant.models.mae import MAEOutput, masked_token_mse
 from giant.models.vit import Mlp, PatchEmbed3D, gather_tokens, resolve_model_config, token_grid
 
 
@@ -282,13 +282,7 @@ class MAESTAutoencoder(nn.Module):
                      enc_keep_BK: torch.Tensor, dec_keep_BM: torch.Tensor) -> MAEOutput:
         """MSE per token, averaged over the tokens the encoder did not see (and the decoder kept)."""
         tgt_BMP = gather_tokens(self.target(video_BCTHW), dec_keep_BM)
-        visible_BN = torch.zeros(pred_BMP.shape[0], self.encoder.num_tokens, dtype=torch.bool,
-                                 device=pred_BMP.device)
-        visible_BN.scatter_(1, enc_keep_BK, True)
-        mask_BM = ~torch.gather(visible_BN, 1, dec_keep_BM)
-        per_tok_BM = (pred_BMP.float() - tgt_BMP).pow(2).mean(dim=-1)
-        w_BM = mask_BM.float()
-        loss = (per_tok_BM * w_BM).sum() / w_BM.sum().clamp_min(1.0)
+        loss, mask_BM = masked_token_mse(pred_BMP, tgt_BMP, enc_keep_BK, dec_keep_BM, self.encoder.num_tokens)
         return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM,
                          enc_keep=enc_keep_BK, dec_keep=dec_keep_BM)
 

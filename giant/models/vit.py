@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from giant.config import ModelConfig
+from giant.config import ModelConfig, token_grid  # token_grid re-exported for model code
 from giant.errors import ConfigError
 from giant.models.pos_embed import position_table
 
@@ -60,12 +60,6 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         if dim % heads:
             raise ConfigError(f"model.{prefix}embed_dim={dim} is not divisible by {prefix}num_heads={heads}")
     return out
-
-
-def token_grid(cfg: ModelConfig) -> tuple[int, int, int]:
-    """(T', H', W') of the token grid for a resolved config."""
-    return (cfg.num_frames // cfg.tubelet_size, cfg.img_size // cfg.patch_size,
-            cfg.img_size // cfg.patch_size)
 
 
 def patch_dim(cfg: ModelConfig) -> int:

@@ -32,7 +32,7 @@ from giant.config import ModelConfig, RunConfig
 from giant.engine.teacher import choose_teacher_precision, distill_loss, freeze_teacher, teacher_logits
 from giant.errors import CheckpointError, ConfigError, GiantError
 from giant.stages.driver import GlobalFailures, RunContext, setup_logging, stage_main
-from giant.stages.finetune import FinetuneStage, build_mixup, mix_video, supervised_loss, validate
+from giant.stages.finetune import FinetuneStage, validate
 from giant.stages.weights import artifact_model, classifier_state, pos_grid_for
 
 log = logging.getLogger(__name__)
@@ -182,20 +182,12 @@ class DistillStage(FinetuneStage):
         return teacher_logits(self.teacher, x)
 
     def step_fn(self, ctx: RunContext, failures: GlobalFailures) -> Callable:
-        from giant.data import normalize_on_device
-
-        cfg, device, d = self.cfg, ctx.device, self.cfg.distill
-        mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
-        std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
-        mixup = build_mixup(cfg, ctx.model_cfg.num_classes, cfg.optim.batch_size * cfg.data.num_sample)
-        criterion = supervised_loss(cfg, mixup is not None)
+        d = self.cfg.distill
+        prepare, criterion = self.inputs(ctx)
 
         def step(engine: Any, batch: dict) -> tuple[torch.Tensor, Any]:
             failures.add(batch)
-            x = normalize_on_device(batch["video"].to(device, non_blocking=True), mean, std)
-            y = batch["label"].to(device, non_blocking=True)
-            if mixup is not None:
-                x, y = mix_video(mixup, x, y)
+            x, y = prepare(batch)
             t = self.teach(x)  # the very clip the student sees
             s = engine(x).float()  # head output and losses in FP32
             kl = distill_loss(s, t, d.temperature)

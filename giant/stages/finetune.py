@@ -123,21 +123,29 @@ class FinetuneStage(Stage):
     def states(self, ctx: RunContext) -> dict:
         return {"best_val": self.best}
 
-    def step_fn(self, ctx: RunContext, failures: GlobalFailures) -> Callable:
+    def inputs(self, ctx: RunContext) -> tuple[Callable, Callable]:
+        """(prepare(batch) -> (clip, target), criterion): device copy, normalisation and Mixup/
+        CutMix for every supervised stage (fine-tune, distil), so they see identical clips."""
         from giant.data import normalize_on_device
 
         cfg, device = self.cfg, ctx.device
         mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
         std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
         mixup = build_mixup(cfg, ctx.model_cfg.num_classes, cfg.optim.batch_size * cfg.data.num_sample)
-        criterion = supervised_loss(cfg, mixup is not None)
+
+        def prepare(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            x = normalize_on_device(batch["video"].to(device, non_blocking=True), mean, std)
+            y = batch["label"].to(device, non_blocking=True)
+            return mix_video(mixup, x, y) if mixup is not None else (x, y)
+
+        return prepare, supervised_loss(cfg, mixup is not None)
+
+    def step_fn(self, ctx: RunContext, failures: GlobalFailures) -> Callable:
+        prepare, criterion = self.inputs(ctx)
 
         def step(engine: Any, batch: dict) -> tuple[torch.Tensor, Any]:
             failures.add(batch)
-            x = normalize_on_device(batch["video"].to(device, non_blocking=True), mean, std)
-            y = batch["label"].to(device, non_blocking=True)
-            if mixup is not None:
-                x, y = mix_video(mixup, x, y)
+            x, y = prepare(batch)
             logits = engine(x)
             return criterion(logits.float(), y), logits  # head output and loss in FP32
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from giant.cli import out
+from giant.console import out
 from giant.errors import ConfigError
 from giant.stages.pipeline import (Pipeline, Resolved, State, artifact_complete, downstream,
                                    load_pipeline, mark_completed, plan_numbers, read_json, read_record,

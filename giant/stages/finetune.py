@@ -200,7 +200,8 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Option
     mean = torch.tensor(cfg.data.mean, dtype=torch.float32, device=device)
     std = torch.tensor(cfg.data.std, dtype=torch.float32, device=device)
     real_all = sampler.real_mask()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0] + [0.0] * len(probe_keys)  # loss, top1, top5, count, unreadable
+    # loss, top1, top5, count, unreadable (+ probes), summed on the device: no host sync per batch
+    sums = torch.zeros(5 + len(probe_keys), dtype=torch.float64, device=device)
     seen = 0
     was_training = engine.module.training
     engine.eval()
@@ -215,15 +216,13 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Option
             ok = batch["valid"].to(device) & real
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
-            sums[0] += float((F.cross_entropy(logits, y, reduction="none") * ok).sum())
-            sums[1] += float(((top[:, 0] == y) & ok).sum())
-            sums[2] += float(((top == y[:, None]).any(dim=1) & ok).sum())
-            sums[3] += float(ok.sum())
-            sums[4] += float((~batch["valid"].to(device) & real).sum())
+            part = [(F.cross_entropy(logits, y, reduction="none") * ok).sum(), ((top[:, 0] == y) & ok).sum(),
+                    ((top == y[:, None]).any(dim=1) & ok).sum(), ok.sum(),
+                    (~batch["valid"].to(device) & real).sum()]
             if probe is not None:
                 counts = probe(x, logits, y, ok)
-                for i, key in enumerate(probe_keys):
-                    sums[5 + i] += float(counts[key])
+                part += [torch.as_tensor(counts[key], device=device) for key in probe_keys]
+            sums += torch.stack([p.double() for p in part])
     finally:
         engine.train(was_training)
     loss, top1, top5, count, unreadable, *probed = all_reduce_sum(sums, device)

@@ -31,8 +31,9 @@ class PaddedShardSampler(Sampler):
         return torch.tensor([p < self.n for p in self.positions])
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    buf = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_sum(values, device: torch.device) -> list[float]:
+    """Sum a list or tensor over ranks; one device→host copy at the end."""
+    buf = torch.as_tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(buf)
     return buf.tolist()

@@ -2,7 +2,6 @@
 import random
 
 import numpy as np
-import pytest
 import torch
 
 from giant.data.transforms import (VideoRandAugment, crop_resize, cube_erase, frames_to_tensor,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _launch import REPO, env, tail, torchrun
+from _launch import REPO, env, run_captured, tail, torchrun
 from giant.config import ModelConfig, load_config, to_dict
 from giant.data import normalize_on_device
 from giant.errors import ConfigError
@@ -295,7 +295,7 @@ def test_bench_distillation_mode(tmp_path):
     cmd = [sys.executable, "-m", "giant.cli", "bench", "--model", "tiny", "--teacher", "tiny", "--frames", "4",
            "--img-size", "32", "--batch", "2", "--steps", "2", "--warmup", "1", "--classes", "4",
            "--teacher-precision", "bf16", "--json", "model.depth=1"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    proc = run_captured(cmd, 300, cwd=tmp_path, env=env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["teacher"] == "tiny" and r["teacher_precision"] == "bf16" and r["steps"] == 2

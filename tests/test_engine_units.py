@@ -11,7 +11,7 @@ import torch
 from giant.config import load_config
 from giant.engine import checkpoint as ck
 from giant.engine.deepspeed import (apply_activation_checkpointing, load_ds_json,
-                                    merge_ds_config, param_groups, resolve_optim, set_lr_wd)
+                                    merge_ds_config, param_groups, set_lr_wd)
 from giant.engine.precision import DynamicLossScaler, LossScaleConfig, apply_precision
 from giant.errors import CheckpointError, ConfigError
 from giant.masking import MaskGenerator, token_grid

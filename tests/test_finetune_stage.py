@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from _launch import REPO, env, tail, torchrun
+from _launch import REPO, env, run_captured, tail, torchrun
 
 STEPS = 4
 
@@ -108,8 +107,7 @@ def _evaluate(run_dir: Path, out: Path, nproc: int, *extra: str):
     args = [str(run_dir), "--out", str(out), "data.test_temporal_views=2", "data.test_spatial_views=3",
             "data.num_workers=1", *extra]
     if nproc == 1:
-        return subprocess.run([sys.executable, "launch/evaluate.py", *args], cwd=REPO, env=env(),
-                              capture_output=True, text=True, timeout=300)
+        return run_captured([sys.executable, "launch/evaluate.py", *args], 300, cwd=REPO, env=env())
     return torchrun("launch/evaluate.py", *args, nproc=nproc)
 
 

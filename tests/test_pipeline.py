@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _launch import REPO, env
+from _launch import REPO, env, run_captured
 
 HAS_DISTILL = (REPO / "launch" / "distill.py").is_file()  # the lead removes this gate after merging distill
 STEPS = 4
@@ -57,8 +57,7 @@ def _write(path: Path, pipeline: dict) -> Path:
 
 
 def giant(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "giant.cli", "pipeline", *args], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_captured([sys.executable, "-m", "giant.cli", "pipeline", *args], timeout, cwd=REPO, env=env())
 
 
 def run(path: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _launch import REPO, env, tail, torchrun
+from _launch import REPO, env, run_captured, tail, torchrun
 from giant.engine import checkpoint as ck
 from giant.errors import CheckpointError
 
@@ -34,9 +34,8 @@ def two_ranks(synth, run_dir: Path, *extra: str, ds: str = "ds_configs/zero2.jso
 
 def one_rank(synth, run_dir: Path, *extra: str, ds: str = "ds_configs/zero2.json"):
     """Half the ranks, twice the accumulation: the same global batch of the same clips."""
-    return subprocess.run([sys.executable, "launch/pretrain.py",
-                           *_args(synth, run_dir, ds, "optim.accum_steps=2", *extra)],
-                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
+    return run_captured([sys.executable, "launch/pretrain.py",
+                         *_args(synth, run_dir, ds, "optim.accum_steps=2", *extra)], 180, cwd=REPO, env=env())
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from _launch import REPO, env, tail, torchrun
+from _launch import REPO, env, run_captured, tail, torchrun
 from giant.engine import checkpoint as ck
 from giant.engine.precision import choose_encoder_precision
 
@@ -35,8 +35,7 @@ def pretrain(synth, run_dir: Path, *extra: str, ds: str = "ds_configs/zero2.json
 
 
 def single(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch/pretrain.py", *args], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_captured([sys.executable, "launch/pretrain.py", *args], 120, cwd=REPO, env=env())
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -7,7 +7,6 @@ dependants, a configuration error releasing nothing, refusal of a changed stage 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess

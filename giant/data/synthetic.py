@@ -50,9 +50,14 @@ def pick_codec() -> str:
 
 def render_video(rng: np.random.Generator, num_frames: int, height: int, width: int,
                  direction: tuple[int, int]) -> np.ndarray:
-    """uint8 [T, H, W, 3]: 2-4 shapes wrapping around the frame at a common velocity."""
+    """uint8 [T, H, W, 3]: 2-4 bright shapes wrapping around a darker frame at a common velocity.
+
+    Why bright on dark: the motion cue then has one sign (a lit object on a dark scene), so the
+    change across a tubelet's two frames tells the direction linearly and a tiny ViT learns it in
+    ~100 steps. With shapes of random polarity it needs thousands of steps (measured: chance
+    after 600 steps at 48 px), too slow for a CPU demo."""
     yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.integers(40, 200, size=3)
+    base = rng.integers(20, 90, size=3)
     tilt = rng.uniform(-0.5, 0.5, size=(2, 3))
     background = base + tilt[0] * yy[..., None] * 64 / height + tilt[1] * xx[..., None] * 64 / width
     background = background + rng.normal(0, 6, size=(height, width, 3))
@@ -63,7 +68,7 @@ def render_video(rng: np.random.Generator, num_frames: int, height: int, width: 
         shapes.append(dict(
             x=rng.uniform(0, width), y=rng.uniform(0, height),
             rx=rng.uniform(0.07, 0.15) * width, ry=rng.uniform(0.07, 0.15) * height,
-            color=rng.integers(0, 256, size=3), round=bool(rng.integers(0, 2))))
+            color=rng.integers(160, 256, size=3), round=bool(rng.integers(0, 2))))
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         canvas = background.copy()

@@ -30,6 +30,7 @@ TRAINING = ("pretrain", "finetune", "distill")
 # stage-file key → the config field it fills with an earlier stage's run dir
 INPUTS = {"init_from": "checkpoint.init_from", "teacher": "distill.teacher"}
 NEEDS = {"finetune": ("init_from",), "distill": ("teacher",), "evaluate": ("target",)}  # a student may start from its own init
+SCRATCH = "scratch"  # `init_from: scratch`: a supervised stage from random weights (e.g. a baseline)
 RECORD = "pipeline_stage.json"
 # Settings that change how a stage runs, not what it produces: left out of the hash, so changing
 # them (more loader workers, another ZeRO layout, checkpoint cadence) never invalidates a stage.
@@ -159,11 +160,15 @@ def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Pa
                 f"{[k for k, v in INPUTS.items() if v == key][0]}: STAGE_NAME"
             raise ConfigError(f"{where}: override {key} — write `{hint}` in the stage instead, so the "
                               "path comes from the pipeline (never a hand-copied path)")
-    inputs = {}
+    inputs, scratch = {}, item.get("init_from") == SCRATCH
+    if scratch:  # said out loud, so a forgotten init_from is still an error
+        if kind not in TRAINING:
+            raise ConfigError(f"{where}: 'init_from' is not an input of {kind} stages")
+        overrides.append(f"{INPUTS['init_from']}=")
     for key in ("init_from", "teacher", "target"):
-        if key in item:
+        if key in item and not (key == "init_from" and scratch):
             inputs[key] = _input(item[key], key, kind, earlier, where)
-    missing = [k for k in NEEDS.get(kind, ()) if k not in inputs]
+    missing = [k for k in NEEDS.get(kind, ()) if k not in inputs and not (k == "init_from" and scratch)]
     if missing:
         raise ConfigError(f"{where}: a {kind} stage needs {', '.join(f'{k}: STAGE' for k in missing)} "
                           "(an earlier stage's name)")

@@ -213,6 +213,11 @@ class DistillConfig:
     # JSON list of teacher head rows, one per student class (a K710 teacher for a K400 student:
     # `giant data k710 rowmap`); "" = the class sets are the same
     head_rowmap: str = ""
+    # partition the teacher's weights over the ranks with DeepSpeed ZeRO-3 (no optimizer: the
+    # ZeRO-Inference path), for a teacher that does not fit one device beside the student: each
+    # rank keeps 1/world of it and gathers one module at a time per forward (an all-gather of the
+    # whole teacher per micro-step). The whole teacher, head included, is then in teacher_precision.
+    teacher_zero3: bool = False
 
 
 @dataclass

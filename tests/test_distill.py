@@ -250,7 +250,35 @@ def runs(synth_videos, teacher, tmp_path_factory):
     assert first.returncode == 0, tail(first)
     second = torchrun("launch/distill.py", *short, *_overrides(synth_videos, d / "resumed"))
     assert second.returncode == 0, tail(second)
-    return {"dir": d, "teacher": teacher, "second": second.stdout + second.stderr}
+    zero3 = torchrun("launch/distill.py", *short, *_overrides(synth_videos, d / "zero3"), "distill.teacher_zero3=true")
+    assert zero3.returncode == 0, tail(zero3)
+    return {"dir": d, "teacher": teacher, "second": second.stdout + second.stderr,
+            "zero3": zero3.stdout + zero3.stderr}
+
+
+def test_zero3_teacher_is_partitioned_and_matches_the_whole_one(teacher, tmp_path):
+    """distill.teacher_zero3: each rank holds half the teacher (+ padding), in the teacher's
+    precision, frozen; its logits equal the whole teacher's on each rank's own clips (FP32:
+    to rounding; BF16: the head is BF16 too, so to BF16 rounding, same classes)."""
+    proc = torchrun("tests/_teacher_worker.py", str(tmp_path), str(teacher))
+    assert proc.returncode == 0, tail(proc)
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res["world"] == 2
+        for precision, tol, dtype in (("fp32", 1e-5, "torch.float32"), ("bf16", 3e-2, "torch.bfloat16")):
+            r = res[precision]
+            assert r["max_abs_diff"] <= tol * max(r["max_abs"], 1.0) and r["argmax_equal"], (precision, r)
+            assert r["full_numel"] / 2 <= r["local_numel"] <= r["full_numel"] / 2 + 64, r  # ≤ 1 element of padding per tensor
+            assert r["shard_dtypes"] == [dtype] and not r["requires_grad"] and not r["logits_grad_fn"]
+
+
+def test_zero3_teacher_trains_the_student_like_a_whole_one(runs):
+    full, zero3 = _rows(runs["dir"] / "full"), _rows(runs["dir"] / "zero3")
+    assert "ZeRO-3 partitioned over 2 ranks" in runs["zero3"]
+    assert sorted(full) == sorted(zero3) == list(range(1, STEPS + 1))
+    for step in full:
+        assert zero3[step]["kl"] == pytest.approx(full[step]["kl"], rel=0.05, abs=1e-3), step
+        assert zero3[step]["hard_loss"] == pytest.approx(full[step]["hard_loss"], rel=1e-2), step
 
 
 def test_resume_reproduces_every_logged_number(runs):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from giant.engine.precision import low_precision_dtype
-from giant.errors import ConfigError
+from giant.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,47 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_s = F.log_softmax(student_logits.float() / t, dim=-1)
     log_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return t * t * F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+
+
+class PartitionedTeacher(nn.Module):
+    """A frozen teacher whose weights are ZeRO-3 partitions (DeepSpeed's ZeRO-Inference path: an
+    engine without an optimizer). Why not deepspeed.init_inference: it is GPU-only and splits by
+    tensor parallelism, not by rank. Input cast to the weights' dtype, logits returned in FP32."""
+
+    def __init__(self, engine: Any, dtype: torch.dtype):
+        super().__init__()
+        self.engine, self.dtype = engine, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine(x.to(self.dtype)).float()
+
+    def local_numel(self) -> int:
+        """Elements of the teacher this rank holds (its ZeRO-3 shards)."""
+        return sum(p.ds_tensor.numel() for p in self.engine.module.parameters())
+
+
+def partition_teacher(build: Any, state: dict, precision: str, device: torch.device,
+                      where: str = "teacher") -> PartitionedTeacher:
+    """Build the teacher inside deepspeed.zero.Init (no rank ever holds all of it), fill it from
+    `state` one gathered module at a time, and wrap it in a ZeRO-3 engine without an optimizer.
+    `build()` returns the bare model; every rank must call this (it is collective)."""
+    import deepspeed
+
+    from giant.engine.deepspeed import load_state
+
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("distill.teacher_zero3 with teacher_precision=fp16 on a CPU: DeepSpeed refuses FP16 "
+                          "there; use bf16 or fp32")
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+          "bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"}}
+    with deepspeed.zero.Init(config_dict_or_path=ds):  # dtype from the config (see construct_model)
+        model = build()
+    missing, unexpected = load_state(model, state)
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not fit the teacher model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    model.eval().requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    engine.eval()
+    return PartitionedTeacher(engine, low_precision_dtype(precision) or torch.float32)

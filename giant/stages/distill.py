@@ -11,9 +11,10 @@ the student's (mixed) clip. Loss = T²·KL(softmax(t/T) ‖ softmax(s/T)) + hard
 Logged per step: kl, hard_loss, agreement (teacher/student top-1 agree, %); at validation also
 val/agreement and val/teacher_top1.
 
-Not done: ZeRO-3 inference partitioning of a teacher too big for one device (each rank holds a
-full low-precision copy: ViT-g is 2 GB in BF16); zero.Init + GatheredParameters per forward
-costs an all-gather of every layer per step, and deepspeed.init_inference is GPU-only.
+By default each rank holds a full low-precision copy of the teacher (ViT-g: 2 GB in BF16).
+`distill.teacher_zero3=true` partitions it over the ranks with ZeRO-3 instead (built inside
+zero.Init, an engine without an optimizer: DeepSpeed's ZeRO-Inference path), at the price of an
+all-gather of every teacher layer per micro-step.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from giant.config import ModelConfig, RunConfig
-from giant.engine.teacher import choose_teacher_precision, distill_loss, freeze_teacher, teacher_logits
+from giant.engine.teacher import (choose_teacher_precision, distill_loss, freeze_teacher, partition_teacher,
+                                  teacher_logits)
 from giant.errors import CheckpointError, ConfigError, GiantError
 from giant.stages.driver import GlobalFailures, RunContext, setup_logging, stage_main
 from giant.stages.finetune import FinetuneStage, validate
@@ -124,13 +126,22 @@ def load_teacher(cfg: RunConfig, student: ModelConfig,
     path = teacher_path(cfg)
     state, info, classes = _teacher_state(cfg, path, student.num_classes)
     tcfg = teacher_config(cfg, student, info, classes, path)
+    precision, why = choose_teacher_precision(cfg.distill.teacher_precision, device)
+    if cfg.distill.teacher_zero3:
+        teacher = partition_teacher(lambda: build_model(tcfg, "classifier", init=False), state, precision, device,
+                                    f"distill.teacher={path}")
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        log.info("teacher %s from %s: %.3g M params, ZeRO-3 partitioned over %d ranks (%.3g M here), %d "
+                 "classes, %s (%s); T=%g, hard_weight %g", tcfg.name, path, sum(v.numel() for v in state.values())
+                 / 1e6, world, teacher.local_numel() / 1e6, classes, precision, why, cfg.distill.temperature,
+                 cfg.distill.hard_weight)
+        return teacher, tcfg, precision
     model = build_model(tcfg, "classifier", init=False)  # every tensor comes from the file
     missing, unexpected = load_state(model, state)
     if missing or unexpected:
         raise CheckpointError(f"distill.teacher={path}: weights do not fit a {tcfg.name} classifier "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     del state
-    precision, why = choose_teacher_precision(cfg.distill.teacher_precision, device)
     freeze_teacher(model, precision, device)
     params = sum(p.numel() for p in model.parameters())
     log.info("teacher %s from %s: %.3g M params, %d classes, %s (%s); T=%g, hard_weight %g", tcfg.name,

@@ -21,5 +21,5 @@ if [ ! -f "$stamp" ]; then
   pip install -q -c .venv/torch-constraint.txt -e ".[test]"
   touch "$stamp"
 fi
-# DeepSpeed JIT-builds its CPU ops (shm) on first init: keep them in a cache we own.
+# Where DeepSpeed would JIT-build an op (giant skips its CPU shm op): a cache we own.
 mkdir -p .cache/torch_extensions

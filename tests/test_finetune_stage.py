@@ -134,3 +134,12 @@ def test_two_rank_evaluation_equals_one_rank(runs, synth_videos, corrupt_videos,
     assert (tmp_path / "eval2" / "confusion.png").stat().st_size > 0
     unreadable = [r for r in pred1[1:] if r[-1] == "0"]
     assert len(unreadable) == 1 and unreadable[0][1].endswith("garbage.mp4")
+
+
+def test_evaluation_user_error_leaves_an_error_marker(runs, tmp_path):
+    """A batch script must not requeue an evaluation a person has to fix: exit 2 and OUT/ERROR
+    naming the bad setting (env.sh reads it)."""
+    missing = tmp_path / "nope.csv"
+    proc = _evaluate(runs["dir"] / "full", tmp_path / "out", 1, f"data.test_manifest={missing}")
+    assert proc.returncode == 2, tail(proc)
+    assert str(missing) in (tmp_path / "out" / "ERROR").read_text()

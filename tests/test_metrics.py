@@ -79,3 +79,10 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
     again.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    # a relaunch with no checkpoint at all (the first attempt crashed before saving) starts at 0:
+    # none of the crashed attempt's rows may stay in front of the new run's
+    fresh = MetricsLogger(tmp_path, progress=False, resume_step=0)
+    fresh.log_step(1, {"loss": 100.0})
+    fresh.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 100.0)]

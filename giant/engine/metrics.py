@@ -117,15 +117,17 @@ class MetricsLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         jsonl = self.run_dir / "metrics.jsonl"
-        if resume_step and jsonl.exists():
+        if jsonl.exists():  # resume_step 0: an attempt that crashed before its first checkpoint
             _truncate_after(jsonl, resume_step)
         self._jsonl = open(jsonl, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a crashed run logged after its last checkpoint
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
-                                     purge_step=resume_step + 1 if resume_step else None)
+            # purge_step drops events a crashed run logged after its last checkpoint (all of
+            # them when it crashed before the first one)
+            tb_dir = self.run_dir / "tensorboard"
+            earlier = tb_dir.is_dir() and any(tb_dir.iterdir())
+            self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=resume_step + 1 if earlier else None)
         if progress and sys.stderr.isatty() and total_steps:
             from tqdm import tqdm
 

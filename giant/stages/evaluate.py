@@ -197,6 +197,7 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
                            if Path(cfg.checkpoint.init_from).is_dir() else cfg.stage.run_dir))
     if rank == 0:
         _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
+        (out / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
         log.info("evaluated %d videos × %d views: top-1 %.2f top-5 %.2f (%d unreadable; over all "
                  "videos top-1 %.2f); results in %s", result["videos"], dataset.num_views,
                  result["top1"], result["top5"], result["unreadable"], result["top1_all"], out)
@@ -226,6 +227,13 @@ def main(argv: Optional[list] = None) -> int:
         run(cfg, args.out)
     except GiantError as exc:
         log.error("%s", exc)
+        out = Path(args.out) if args.out else (Path(args.target) / "eval" if args.target and
+                                               Path(args.target).is_dir() else None)
+        if out is not None:  # a batch script reads OUT/ERROR and does not requeue (launch/slurm/env.sh)
+            from giant.stages.driver import mark_error
+
+            out.mkdir(parents=True, exist_ok=True)
+            mark_error(out, exc)
         return 2
     finally:
         if torch.distributed.is_initialized():

@@ -83,11 +83,13 @@ while IFS=$'\x1f' read -r stage label run_dir script nodes tasks inputs args; do
     [ -n "${JOB[$input]:-}" ] && dep="$dep:${JOB[$input]}"
   done
   opts=(--parsable --job-name="$name:$stage" --nodes="$nodes" --ntasks-per-node="$tasks"
-        --gpus-per-node="$tasks" --export="ALL,RUN_DIR=$run_dir")
+        --gpus-per-node="$tasks" --export=ALL)
   # a dependant of a job that failed for good is cancelled, not left pending for ever
   [ -n "$dep" ] && opts+=(--dependency="afterok$dep" --kill-on-invalid-dep=yes)
   eval "stage_args=($args)"
-  id=$(sbatch "${opts[@]}" "${SBATCH_OPTS[@]}" "$script" "${stage_args[@]}")
+  # RUN_DIR reaches the job through the environment: --export=ALL,RUN_DIR=... would split a
+  # run dir that holds a comma
+  id=$(RUN_DIR=$run_dir sbatch "${opts[@]}" "${SBATCH_OPTS[@]}" "$script" "${stage_args[@]}")
   JOB[$stage]=${id%%;*}
   echo "$name:$stage: $label -> job ${JOB[$stage]}${dep:+ (after ${dep#:})}"
 done < "$lines"

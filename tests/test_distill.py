@@ -148,7 +148,7 @@ def test_hard_label_term_is_added_with_its_weight(teacher, tmp_path):
     hard = LabelSmoothingCrossEntropy(0.1)(logits, batch["label"])
     want = distill_loss(logits, stage.teach(x)) + 0.5 * hard
     torch.testing.assert_close(loss, want, rtol=1e-3, atol=1e-4)  # a sharp teacher amplifies rounding
-    assert float(hard) > 1.0  # so a missing or mis-weighted term would be far outside the tolerance
+    assert float(hard.detach()) > 1.0  # so a missing or mis-weighted term would be far outside the tolerance
     assert stage.teacher.head.weight.dtype == torch.float32 and stage.teacher_precision == "fp32"
 
 

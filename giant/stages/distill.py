@@ -119,7 +119,8 @@ def _teacher_state(cfg: RunConfig, path: str, student_classes: int) -> tuple[dic
 
 def load_teacher(cfg: RunConfig, student: ModelConfig,
                  device: torch.device) -> tuple[torch.nn.Module, ModelConfig, str]:
-    """(frozen teacher on `device`, its config, its precision). Every rank loads its own copy."""
+    """(frozen teacher on `device`, its config, its precision). Every rank loads its own copy,
+    or with distill.teacher_zero3 its ZeRO-3 share."""
     from giant.engine.deepspeed import load_state
     from giant.models import build_model
 
@@ -127,26 +128,24 @@ def load_teacher(cfg: RunConfig, student: ModelConfig,
     state, info, classes = _teacher_state(cfg, path, student.num_classes)
     tcfg = teacher_config(cfg, student, info, classes, path)
     precision, why = choose_teacher_precision(cfg.distill.teacher_precision, device)
+    params = sum(v.numel() for v in state.values())
     if cfg.distill.teacher_zero3:
         teacher = partition_teacher(lambda: build_model(tcfg, "classifier", init=False), state, precision, device,
                                     f"distill.teacher={path}")
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        log.info("teacher %s from %s: %.3g M params, ZeRO-3 partitioned over %d ranks (%.3g M here), %d "
-                 "classes, %s (%s); T=%g, hard_weight %g", tcfg.name, path, sum(v.numel() for v in state.values())
-                 / 1e6, world, teacher.local_numel() / 1e6, classes, precision, why, cfg.distill.temperature,
-                 cfg.distill.hard_weight)
-        return teacher, tcfg, precision
-    model = build_model(tcfg, "classifier", init=False)  # every tensor comes from the file
-    missing, unexpected = load_state(model, state)
-    if missing or unexpected:
-        raise CheckpointError(f"distill.teacher={path}: weights do not fit a {tcfg.name} classifier "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        held = f"ZeRO-3 partitioned over {world} ranks ({teacher.local_numel() / 1e6:.3g} M here)"
+    else:
+        teacher = build_model(tcfg, "classifier", init=False)  # every tensor comes from the file
+        missing, unexpected = load_state(teacher, state)
+        if missing or unexpected:
+            raise CheckpointError(f"distill.teacher={path}: weights do not fit a {tcfg.name} classifier "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        freeze_teacher(teacher, precision, device)
+        held = "whole on every rank"
     del state
-    freeze_teacher(model, precision, device)
-    params = sum(p.numel() for p in model.parameters())
-    log.info("teacher %s from %s: %.3g M params, %d classes, %s (%s); T=%g, hard_weight %g", tcfg.name,
-             path, params / 1e6, classes, precision, why, cfg.distill.temperature, cfg.distill.hard_weight)
-    return model, tcfg, precision
+    log.info("teacher %s from %s: %.3g M params, %s, %d classes, %s (%s); T=%g, hard_weight %g", tcfg.name,
+             path, params / 1e6, held, classes, precision, why, cfg.distill.temperature, cfg.distill.hard_weight)
+    return teacher, tcfg, precision
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -130,7 +130,7 @@ def partition_teacher(build: Any, state: dict, precision: str, device: torch.dev
     if missing or unexpected:
         raise CheckpointError(f"{where}: weights do not fit the teacher model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
-    model.eval().requires_grad_(False)
+    model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=ds)
-    engine.eval()
+    engine.eval()  # eval mode for the module too: no drop path
     return PartitionedTeacher(engine, low_precision_dtype(precision) or torch.float32)

@@ -29,6 +29,13 @@ from giant.stages.sharding import PaddedShardSampler, all_gather_rows
 log = logging.getLogger(__name__)
 
 
+def output_dir(out: Optional[str], target: Optional[str]) -> Optional[Path]:
+    """--out, else TARGET/eval for a run dir; None when neither applies."""
+    if out:
+        return Path(out)
+    return Path(target) / "eval" if target and Path(target).is_dir() else None
+
+
 def _config_from(target: Optional[str], recipe: Optional[str], overrides: list[str]) -> RunConfig:
     """A run dir's own config.yaml (model + data) is the base; the recipe and overrides win."""
     tree_overrides: list[str] = []
@@ -193,8 +200,7 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
     result = summarise(g_idx, g_lab, g_valid, g_scores, model_cfg.num_classes)
     result.update(views=dataset.num_views, temporal=dataset.num_temporal, spatial=dataset.num_spatial,
                   world_size=world, weights=str(cfg.checkpoint.init_from))
-    out = Path(out_dir or (Path(cfg.checkpoint.init_from) / "eval"
-                           if Path(cfg.checkpoint.init_from).is_dir() else cfg.stage.run_dir))
+    out = output_dir(out_dir, cfg.checkpoint.init_from) or Path(cfg.stage.run_dir)
     if rank == 0:
         _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
         (out / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
@@ -227,8 +233,7 @@ def main(argv: Optional[list] = None) -> int:
         run(cfg, args.out)
     except GiantError as exc:
         log.error("%s", exc)
-        out = Path(args.out) if args.out else (Path(args.target) / "eval" if args.target and
-                                               Path(args.target).is_dir() else None)
+        out = output_dir(args.out, args.target)
         if out is not None:  # a batch script reads OUT/ERROR and does not requeue (launch/slurm/env.sh)
             from giant.stages.driver import mark_error
 

@@ -119,9 +119,10 @@ def test_two_rank_evaluation_equals_one_rank(runs, synth_videos, corrupt_videos,
     rows_ = [f"{root / p},{y}" for p, y, *_ in body] + [f"{corrupt_videos['garbage']},1"]
     test_csv.write_text("path,label\n" + "\n".join(rows_) + "\n")
     results = []
-    for n in (1, 2):
+    for n in (1, 2):  # the 2-rank run compared with the 1-rank one through --reference
+        ref = ["--reference", str(tmp_path / "eval1")] if n == 2 else []
         proc = _evaluate(runs["dir"] / "full", tmp_path / f"eval{n}", n, f"data.test_manifest={test_csv}",
-                         "data.root=")
+                         "data.root=", *ref)
         assert proc.returncode == 0, tail(proc)
         results.append((json.loads((tmp_path / f"eval{n}" / "results.json").read_text()),
                         list(csv.reader((tmp_path / f"eval{n}" / "predictions.csv").open()))))
@@ -131,6 +132,9 @@ def test_two_rank_evaluation_equals_one_rank(runs, synth_videos, corrupt_videos,
         assert one[key] == two[key], key
     assert (one["videos"], one["unreadable"], one["views"]) == (len(body) + 1, 1, 6)
     assert one["world_size"] == 1 and two["world_size"] == 2
+    assert "agreement_top1" not in one and two["reference"] == str(tmp_path / "eval1")
+    assert (two["agreement_top1"], two["reference_videos"]) == (100.0, len(body))  # the readable ones
+    assert two["kl_from_reference"] == pytest.approx(0, abs=1e-6)
     assert (tmp_path / "eval2" / "confusion.png").stat().st_size > 0
     unreadable = [r for r in pred1[1:] if r[-1] == "0"]
     assert len(unreadable) == 1 and unreadable[0][1].endswith("garbage.mp4")

@@ -13,7 +13,7 @@ from giant.config import ModelConfig, load_config
 from giant.engine.deepspeed import param_groups
 from giant.errors import CheckpointError, ConfigError
 from giant.models import build_model
-from giant.stages.evaluate import confusion_png, summarise
+from giant.stages.evaluate import SCORES, compare, confusion_png, summarise
 from giant.stages.finetune import build_mixup, mix_video
 from giant.stages.sharding import PaddedShardSampler
 from giant.stages.weights import classifier_state, load_classifier_init, pos_grid_for
@@ -155,6 +155,26 @@ def test_summary_counts_unreadable_videos(tmp_path):
 
     img = np.asarray(Image.open(tmp_path / "c.png"))
     assert img.shape[:2] == (3 * 32, 3 * 32) and img[0, 0].tolist() != img[0, 40].tolist()
+
+
+def test_agreement_with_a_reference_evaluation_by_hand(tmp_path):
+    """The distilled student against its teacher's evaluation: top-1 agreement and mean KL over
+    the videos both read (video 2 is unreadable for the student, video 3 for the teacher)."""
+    paths = ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    teacher = np.array([[.7, .2, .1], [.1, .8, .1], [.3, .3, .4], [1 / 3] * 3])
+    student = np.array([[.5, .4, .1], [.6, .3, .1], [.2, .2, .6], [.1, .1, .8]])
+    np.savez(tmp_path / SCORES, path=np.array(paths), valid=np.array([True, True, True, False]),
+             scores=teacher.astype(np.float32))
+    got = compare(tmp_path, paths, np.array([True, True, False, True]), student)
+    kl_a = .7 * np.log(.7 / .5) + .2 * np.log(.2 / .4) + .1 * np.log(1.0)  # = 0.0969
+    kl_b = .1 * np.log(.1 / .6) + .8 * np.log(.8 / .3) + .1 * np.log(1.0)  # = 0.6055
+    assert got["reference_videos"] == 2 and got["agreement_top1"] == 50.0  # a agrees, b does not
+    assert got["kl_from_reference"] == pytest.approx((kl_a + kl_b) / 2, rel=1e-5)
+    assert compare(tmp_path, paths, np.ones(4, bool), teacher)["kl_from_reference"] == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ConfigError, match="not these 3 × 3; evaluate both on the same data.test_manifest"):
+        compare(tmp_path, paths[:3], np.ones(3, bool), student[:3])
+    with pytest.raises(ConfigError, match=f"--reference {tmp_path / 'x'}: no {SCORES} there"):
+        compare(tmp_path / "x", paths, np.ones(4, bool), student)
 
 
 def test_maest_pretrain_artifact_keeps_its_norm_for_the_classifier(tmp_path):

@@ -22,7 +22,6 @@ import yaml
 
 from _launch import REPO, env, run_captured
 
-HAS_DISTILL = (REPO / "launch" / "distill.py").is_file()  # the lead removes this gate after merging distill
 STEPS = 4
 LAUNCHER = "python"
 
@@ -40,13 +39,11 @@ def _pipeline(synth, root: Path, middle_extra: dict | None = None) -> dict:
          "init_from": "pretrain", "overrides": sup},
         {"name": "finetune", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml",
          "init_from": "postpretrain", "overrides": {**sup, **(middle_extra or {})}},
+        {"name": "distill", "kind": "distill", "recipe": "launch/recipes/demo_distill.yaml",
+         "teacher": "finetune", "overrides": sup},  # a smaller student: its own init
+        {"name": "eval_teacher", "kind": "evaluate", "target": "finetune"},
+        {"name": "eval_student", "kind": "evaluate", "target": "distill", "reference": "eval_teacher"},
     ]
-    if HAS_DISTILL:
-        stages.append({"name": "distill", "kind": "distill", "recipe": "launch/recipes/demo_distill.yaml",
-                       "teacher": "finetune", "overrides": sup})  # a smaller student: its own init
-    stages.append({"name": "eval_teacher", "kind": "evaluate", "target": "finetune"})
-    if HAS_DISTILL:
-        stages.append({"name": "eval_student", "kind": "evaluate", "target": "distill"})
     return {"name": "t", "root": str(root), "defaults": {"ds": "ds_configs/zero2.json", "gpus": 2},
             "stages": stages}
 
@@ -85,8 +82,7 @@ def full(synth_videos, tmp_path_factory):
 
 def test_uninterrupted_run_completes_every_stage(full):
     m = metrics(full["root"])
-    names = ["pretrain", "postpretrain", "finetune"] + (["distill"] if HAS_DISTILL else []) + \
-        ["eval_teacher"] + (["eval_student"] if HAS_DISTILL else [])
+    names = ["pretrain", "postpretrain", "finetune", "distill", "eval_teacher", "eval_student"]
     assert list(m) == names
     for name in ("pretrain", "postpretrain", "finetune"):
         assert m[name]["steps"] == STEPS and m[name]["last_loss"] is not None
@@ -99,6 +95,14 @@ def test_uninterrupted_run_completes_every_stage(full):
     ft = (full["root"] / "finetune" / "config.yaml").read_text()
     assert f"init_from: {full['root'] / 'postpretrain'}" in ft
     assert "final metrics" in full["log"] and "eval_teacher" in full["log"]
+    # the student's evaluation is compared with the teacher's, video by video
+    rows = {r["stage"]: r for r in json.loads((full["root"] / "status.json").read_text())["stages"]}
+    student, teacher = rows["eval_student"], rows["eval_teacher"]
+    assert student["reference"] == "eval_teacher" and teacher["agreement_top1"] is None
+    assert 0 <= student["agreement_top1"] <= 100 and student["kl_from_reference"] >= 0
+    rec = json.loads((full["root"] / "eval_student" / "pipeline_stage.json").read_text())
+    assert rec["config"]["reference"].startswith("stage:eval_teacher@")
+    assert f"with eval_teacher ({student['kl_from_reference']:.4f})" in full["log"]
 
 
 def test_second_run_launches_nothing(full):
@@ -150,7 +154,7 @@ def test_changed_recipe_value_is_refused_with_the_field(full, synth_videos):
     plan = giant("plan", str(path), "--no-flops", "--json")
     rows = {s["name"]: s for s in json.loads(plan.stdout)["stages"]}
     assert rows["postpretrain"]["status"] == "done" and rows["finetune"]["status"] == "changed"
-    later = "distill" if HAS_DISTILL else "eval_teacher"  # its input's config changed with it
+    later = "distill"  # its input's config changed with it
     assert rows[later]["status"] == "changed"
     assert any(c.startswith(("checkpoint.init_from", "target", "distill.teacher")) for c in rows[later]["changed"])
     forced = {s["name"]: s for s in json.loads(giant("plan", str(path), "--no-flops", "--json", "--force",
@@ -252,6 +256,10 @@ def test_launcher_commands(monkeypatch):
     ({"name": "b", "kind": "evaluate", "target": "a", "teacher": "a"}, "'teacher' is not an input of evaluate stages"),
     ({"name": "a", "kind": "evaluate", "target": "a"}, "stage name 'a' is used twice"),
     ({"name": "b", "kind": "train"}, "kind='train'; use one of pretrain, finetune, distill, evaluate"),
+    ({"name": "b", "kind": "evaluate", "target": "a", "reference": "a"},
+     "reference: 'a' is a pretrain stage; name the evaluate stage"),
+    ({"name": "b", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml", "init_from": "a",
+      "reference": "a"}, "'reference' is not an input of finetune stages"),
 ])
 def test_pipeline_file_mistakes_are_named(tmp_path, stage, message):
     from giant.errors import ConfigError

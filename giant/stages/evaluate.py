@@ -7,6 +7,10 @@ equals a 1-rank one. The test set is sharded with padding (every rank runs the s
 forwards) and the scores are gathered with torch.distributed, never through text files on a
 shared filesystem; padding duplicates are dropped so every video counts once. Unreadable videos
 are reported and counted, with accuracy given both over readable videos and over all.
+
+`--reference EVAL_DIR` compares these scores with another evaluation of the same videos (a
+distilled student against its teacher's evaluation): top-1 agreement and the mean KL divergence
+from the reference's video scores. Every evaluation writes its scores to scores.npz for this.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from giant.errors import ConfigError, GiantError
 from giant.stages.sharding import PaddedShardSampler, all_gather_rows
 
 log = logging.getLogger(__name__)
+SCORES = "scores.npz"  # per video: path, readable, mean softmax over its views (for --reference)
 
 
 def output_dir(out: Optional[str], target: Optional[str]) -> Optional[Path]:
@@ -141,6 +146,28 @@ def summarise(index: np.ndarray, label: np.ndarray, valid: np.ndarray, scores: n
             "per_class_top1": per_class, "confusion": confusion.tolist()}
 
 
+def compare(reference: Path, paths: list, valid: np.ndarray, scores: np.ndarray) -> dict:
+    """How well these video scores match another evaluation's (the teacher's, for a student):
+    top-1 agreement and mean KL(reference ‖ these) over the videos both could read."""
+    file = Path(reference) / SCORES
+    if not file.is_file():
+        raise ConfigError(f"--reference {reference}: no {SCORES} there; evaluate the reference first "
+                          f"(`giant evaluate RUN --out {reference}`)")
+    with np.load(file, allow_pickle=False) as z:
+        r_paths, r_valid, r_scores = list(z["path"]), z["valid"], z["scores"]
+    if r_paths != list(paths) or r_scores.shape != scores.shape:
+        raise ConfigError(f"--reference {reference}: its {len(r_paths)} videos × {r_scores.shape[1]} classes "
+                          f"are not these {len(paths)} × {scores.shape[1]}; evaluate both on the same "
+                          "data.test_manifest with the same class list")
+    both = valid & r_valid
+    p, q = r_scores[both], scores[both]
+    kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(1)
+    n = int(both.sum())
+    return {"reference": str(reference), "reference_videos": n,
+            "agreement_top1": 100.0 * float((p.argmax(1) == q.argmax(1)).sum()) / max(n, 1),
+            "kl_from_reference": float(kl.mean()) if n else None}
+
+
 def confusion_png(confusion: np.ndarray, path: Path, cell: int = 0) -> None:
     """Row-normalised confusion matrix as a heat map (white = 0, dark blue = 1), truth on rows."""
     from PIL import Image
@@ -163,19 +190,24 @@ def _write_outputs(out_dir: Path, entries: list, idx: np.ndarray, label: np.ndar
             order = np.argsort(-s)[:5]
             w.writerow([int(i), entries[int(i)].path, int(y), int(order[0]), " ".join(map(str, order)),
                         f"{s[order[0]]:.6f}", f"{s[int(y)]:.6f}", int(v)])
+    np.savez(out_dir / SCORES, path=np.array([entries[int(i)].path for i in idx]), valid=valid,
+             scores=scores.astype(np.float32))
     confusion_png(np.asarray(result["confusion"]), out_dir / "confusion.png")
     if class_names:
         result["class_names"] = class_names
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
-def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
-    """Collective over all ranks; rank 0 writes results.json, predictions.csv, confusion.png."""
+def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] = None) -> dict:
+    """Collective over all ranks; rank 0 writes results.json, predictions.csv, scores.npz,
+    confusion.png."""
     from giant.data import TestViews, collate_test, make_loader
     from giant.engine.deepspeed import init_distributed
 
     from giant.engine.precision import resolve_precision
 
+    if reference and not (Path(reference) / SCORES).is_file():  # before any work, on every rank
+        compare(Path(reference), [], np.zeros(0, bool), np.zeros((0, 0)))
     rank, world, _, device = init_distributed(cfg)
     cfg = resolve_precision(cfg, device)
     model, model_cfg = build_eval_model(cfg, device)
@@ -202,6 +234,12 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None) -> dict:
                   world_size=world, weights=str(cfg.checkpoint.init_from))
     out = output_dir(out_dir, cfg.checkpoint.init_from) or Path(cfg.stage.run_dir)
     if rank == 0:
+        if reference:
+            paths = [dataset.entries[int(i)].path for i in g_idx]
+            result.update(compare(Path(reference), paths, g_valid, g_scores))
+            log.info("against %s: top-1 agreement %.2f%%, KL %.4f nats over %d videos", reference,
+                     result["agreement_top1"], result["kl_from_reference"] or float("nan"),
+                     result["reference_videos"])
         _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
         (out / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
         log.info("evaluated %d videos × %d views: top-1 %.2f top-5 %.2f (%d unreadable; over all "
@@ -221,6 +259,9 @@ def main(argv: Optional[list] = None) -> int:
                    "model.json); its config.yaml supplies the data settings")
     p.add_argument("--recipe", help="recipe YAML instead of the run dir's config.yaml")
     p.add_argument("--out", help="output dir (default: TARGET/eval)")
+    p.add_argument("--reference", metavar="EVAL_DIR",
+                   help="another evaluation of the same videos (e.g. the teacher's): adds top-1 agreement "
+                   "and KL(reference ‖ this) to results.json")
     p.add_argument("--ds", help="accepted for launcher symmetry; evaluation needs no DeepSpeed JSON")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.test_manifest=... "
@@ -230,7 +271,7 @@ def main(argv: Optional[list] = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         cfg = _config_from(args.target, args.recipe, args.overrides)
-        run(cfg, args.out)
+        run(cfg, args.out, args.reference)
     except GiantError as exc:
         log.error("%s", exc)
         out = output_dir(args.out, args.target)

@@ -37,7 +37,8 @@ RECORD = "pipeline_stage.json"
 UNHASHED = ("logging.", "engine.", "stage.run_dir", "stage.stop_after", "checkpoint.resume",
             "checkpoint.keep_last", "checkpoint.every_steps", "data.num_workers",
             "data.loader_timeout_s")
-STAGE_KEYS = {"name", "kind", "recipe", "ds", "run_dir", "overrides", "gpus", "init_from", "teacher", "target"}
+STAGE_KEYS = {"name", "kind", "recipe", "ds", "run_dir", "overrides", "gpus", "init_from", "teacher", "target",
+              "reference"}
 TOP_KEYS = {"name", "root", "gpus_per_node", "defaults", "stages"}
 DEFAULT_KEYS = {"ds", "gpus", "overrides"}
 
@@ -52,7 +53,7 @@ class StageSpec:
     recipe: Optional[str] = None
     ds: Optional[str] = None
     overrides: list[str] = field(default_factory=list)
-    inputs: dict[str, Any] = field(default_factory=dict)  # init_from/teacher/target → name | {path: P}
+    inputs: dict[str, Any] = field(default_factory=dict)  # init_from/teacher/target/reference → name | {path: P}
     gpus: int = 1
     index: int = 0
 
@@ -165,7 +166,7 @@ def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Pa
         if kind not in TRAINING:
             raise ConfigError(f"{where}: 'init_from' is not an input of {kind} stages")
         overrides.append(f"{INPUTS['init_from']}=")
-    for key in ("init_from", "teacher", "target"):
+    for key in ("init_from", "teacher", "target", "reference"):
         if key in item and not (key == "init_from" and scratch):
             inputs[key] = _input(item[key], key, kind, earlier, where)
     missing = [k for k in NEEDS.get(kind, ()) if k not in inputs and not (k == "init_from" and scratch)]
@@ -179,7 +180,8 @@ def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Pa
 
 
 def _input(value: Any, key: str, kind: str, earlier: list[StageSpec], where: str) -> Any:
-    allowed = {"init_from": TRAINING, "teacher": ("distill",), "target": ("evaluate",)}[key]
+    allowed = {"init_from": TRAINING, "teacher": ("distill",), "target": ("evaluate",),
+               "reference": ("evaluate",)}[key]
     if kind not in allowed:
         raise ConfigError(f"{where}: '{key}' is not an input of {kind} stages")
     if isinstance(value, dict) and set(value) == {"path"}:  # outside weights (e.g. an official checkpoint)
@@ -188,7 +190,10 @@ def _input(value: Any, key: str, kind: str, earlier: list[StageSpec], where: str
     if value not in names:
         raise ConfigError(f"{where}: {key}: {value!r} is not an earlier stage (earlier: {list(names) or 'none'}); "
                           "name one, or write {path: DIR} for weights from outside the pipeline")
-    if names[value].kind == "evaluate":
+    if key == "reference" and names[value].kind != "evaluate":
+        raise ConfigError(f"{where}: reference: {value!r} is a {names[value].kind} stage; name the "
+                          "evaluate stage whose scores to compare with (e.g. the teacher's)")
+    if key != "reference" and names[value].kind == "evaluate":
         raise ConfigError(f"{where}: {key}: {value!r} is an evaluate stage, which exports no weights")
     return value
 
@@ -264,10 +269,15 @@ def _resolve_one(r: Resolved, done: dict[str, Resolved]) -> None:
         base = _recipe_tree(spec.recipe, where) if spec.recipe else (target.cfg_tree if target else {})
         r.script = "launch/evaluate.py"
         recipe = ["--recipe", spec.recipe] if spec.recipe else []
-        r.args = [path, "--out", str(spec.run_dir)] + recipe + spec.overrides
-        r.sbatch_args = [path] + recipe + spec.overrides  # evaluate.sbatch adds --out "$RUN_DIR"
+        compare: list[str] = []
+        r.tree = {"kind": spec.kind, "target": ref}
+        if "reference" in spec.inputs:  # another evaluation's scores: agreement + KL in results.json
+            ref_path, r.tree["reference"] = _ref(spec.inputs["reference"], done)
+            compare = ["--reference", ref_path]
+        r.args = [path, "--out", str(spec.run_dir)] + recipe + compare + spec.overrides
+        r.sbatch_args = [path] + recipe + compare + spec.overrides  # evaluate.sbatch adds --out "$RUN_DIR"
         own = _merge(_recipe_tree(spec.recipe, where), over_tree)  # the target's config is in its hash
-        r.tree = {"kind": spec.kind, "target": ref, **_hashed(_flat(own))}
+        r.tree.update(_hashed(_flat(own)))
         nested = _merge(base, over_tree)
         nested = _merge(nested, {"checkpoint": {"init_from": path}})
         r.cfg = from_dict(RunConfig, nested, where)
@@ -480,4 +490,7 @@ def status_row(r: Resolved) -> dict:
             "last_loss": summary.get("last_loss"), "best_val_top1": summary.get("best_val_top1"),
             "test_top1": results.get("top1"), "test_top5": results.get("top5"),
             "test_videos": results.get("videos"), "views": results.get("views"),
+            "agreement_top1": results.get("agreement_top1"), "kl_from_reference": results.get("kl_from_reference"),
+            "reference": spec.inputs.get("reference") if isinstance(spec.inputs.get("reference"), str)
+            else (spec.inputs.get("reference") or {}).get("path"),
             "target": target if isinstance(target, str) else (target or {}).get("path")}

@@ -276,16 +276,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.file)
     rows = [status_row(r) for r in resolve(pipe)]
     header = ["stage", "kind", "status", "steps", "loss first → last", "val top-1 (best)", "test top-1",
-              "test top-5"]
+              "test top-5", "agreement (KL)"]
     table = [[r["stage"], r["kind"] + (f" {r['target']}" if r["target"] else ""), r["status"],
               _fmt(r["steps"], "d"),
               "-" if r["last_loss"] is None else f"{_fmt(r['first_loss'], '.4f')} → {_fmt(r['last_loss'], '.4f')}",
-              _fmt(r["best_val_top1"], ".2f"), _fmt(r["test_top1"], ".2f"), _fmt(r["test_top5"], ".2f")]
+              _fmt(r["best_val_top1"], ".2f"), _fmt(r["test_top1"], ".2f"), _fmt(r["test_top5"], ".2f"),
+              "-" if r["agreement_top1"] is None else
+              f"{r['agreement_top1']:.2f} with {r['reference']} ({_fmt(r['kl_from_reference'], '.4f')})"]
              for r in rows]
     path = Path(getattr(args, "json", None) or pipe.root / "status.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pipeline": pipe.name, "file": str(pipe.path), "stages": rows}, indent=1) + "\n")
-    out(f"\npipeline {pipe.name}: final metrics (top-1/top-5 in %; test = multi-view evaluation)")
+    out(f"\npipeline {pipe.name}: final metrics (top-1/top-5 in %; test = multi-view evaluation; "
+        "agreement = % of test videos with the reference's top-1, KL = mean KL(reference ‖ this) in nats)")
     out(_table(header, table))
     out(f"written to {path}")
     return 0

@@ -143,6 +143,24 @@ def test_interrupted_middle_stage_resumes_to_the_same_final_metrics(full, synth_
                 (stage, key)
 
 
+def test_changed_evaluation_is_evaluated_again(full, synth_videos):
+    """An evaluation has nothing to resume and its old numbers describe another config: it is
+    redone, not refused, and so is every evaluation that compares itself with it."""
+    root = full["dir"] / "reevaluated"
+    shutil.copytree(full["root"], root)
+    pipe = _pipeline(synth_videos, root)
+    teacher = next(s for s in pipe["stages"] if s["name"] == "eval_teacher")
+    teacher["overrides"] = {"data.test_spatial_views": 1}
+    proc = run(_write(full["dir"] / "reevaluated.yaml", pipe))
+    assert proc.returncode == 0, out(proc)
+    redone = [line.split("]")[0][1:] for line in proc.stdout.splitlines() if "evaluated again" in line]
+    assert redone == ["eval_teacher", "eval_student"], out(proc)  # the student's reference changed
+    assert proc.stdout.count("done, skipped") == 4  # the four training stages
+    views = {n: json.loads((root / n / "results.json").read_text())["views"] for n in redone}
+    assert views == {"eval_teacher": 1, "eval_student": 2}  # the student keeps its own 1 × 2 views
+    assert "evaluated again" not in run(_write(full["dir"] / "reevaluated.yaml", pipe)).stdout
+
+
 def test_changed_recipe_value_is_refused_with_the_field(full, synth_videos):
     changed = _pipeline(synth_videos, full["root"])
     changed["stages"][2]["overrides"]["optim.blr"] = 0.02  # the finetune stage; the recipe says 1.6e-2

@@ -362,6 +362,7 @@ class State:
     step: Optional[int] = None
     changed: list[str] = field(default_factory=list)  # "key: old → new"
     note: str = ""
+    redo: bool = False  # an evaluation of another config: its run dir is cleared and it runs again
 
     def label(self) -> str:
         if self.status == "partial":
@@ -386,7 +387,11 @@ def stage_state(r: Resolved) -> State:
         return State("unrecorded", step=step, note=f"{run_dir} holds a run this pipeline did not start "
                      f"(no {RECORD})")
     if rec.get("hash") != r.hash:
-        return State("changed", step=step, changed=diff(rec.get("config", {}), r.tree))
+        changed = diff(rec.get("config", {}), r.tree)
+        if kind == "evaluate":  # nothing to resume, and its numbers describe another config: redo it
+            return State("pending", changed=changed, redo=True,
+                         note="evaluated again: its inputs or settings changed")
+        return State("changed", step=step, changed=changed)
     return State("done", note=note) if complete else State("partial", step=step, note=note)
 
 

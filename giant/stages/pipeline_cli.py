@@ -158,6 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             mark_completed(r.spec.run_dir)
             out(f"[{name}] done, skipped ({r.spec.run_dir})")
             continue
+        if st.redo and r.spec.run_dir.exists():
+            out(f"[{name}] {st.note} ({'; '.join(st.changed)}): deleting {r.spec.run_dir}")
+            shutil.rmtree(r.spec.run_dir)
         out(f"[{name}] {st.label()}: {'resuming' if st.status == 'partial' else 'starting'} {r.spec.kind}")
         rc = launch(r, pipe, args)
         if rc:
@@ -220,7 +223,7 @@ def plan_rows(pipe: Pipeline, args: argparse.Namespace) -> list[dict]:
                "step": st.step, "changed": st.changed, "note": st.note, "error": r.error,
                "run_dir": str(r.spec.run_dir), "script": r.script, "args": r.args, "hash": r.hash,
                "sbatch": f"launch/slurm/{r.spec.kind}.sbatch", "sbatch_args": r.sbatch_args,
-               "forced": r.spec.name in forced,
+               "forced": r.spec.name in forced or st.redo,  # submit_pipeline.sh clears the run dir
                "inputs": sorted({v for v in r.spec.inputs.values() if isinstance(v, str)}),
                "nodes": math.ceil(world / pipe.gpus_per_node), "tasks_per_node": min(world, pipe.gpus_per_node),
                "record": {"pipeline": pipe.name, "pipeline_file": str(pipe.path), "stage": r.spec.name,

@@ -151,7 +151,12 @@ def test_changed_evaluation_is_evaluated_again(full, synth_videos):
     pipe = _pipeline(synth_videos, root)
     teacher = next(s for s in pipe["stages"] if s["name"] == "eval_teacher")
     teacher["overrides"] = {"data.test_spatial_views": 1}
-    proc = run(_write(full["dir"] / "reevaluated.yaml", pipe))
+    path = _write(full["dir"] / "reevaluated.yaml", pipe)
+    plan = {s["name"]: s for s in json.loads(giant("plan", str(path), "--no-flops", "--json").stdout)["stages"]}
+    # submit_pipeline.sh clears a "forced" stage's run dir before it submits it
+    assert [n for n, s in plan.items() if s["forced"]] == ["eval_teacher", "eval_student"]
+    assert plan["eval_teacher"]["status"] == "pending" and plan["eval_teacher"]["changed"]
+    proc = run(path)
     assert proc.returncode == 0, out(proc)
     redone = [line.split("]")[0][1:] for line in proc.stdout.splitlines() if "evaluated again" in line]
     assert redone == ["eval_teacher", "eval_student"], out(proc)  # the student's reference changed

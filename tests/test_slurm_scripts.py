@@ -156,7 +156,7 @@ if [ "$stage" = "${FAKE_PREEMPT_ONCE:-}" ] && [ ! -f "$run/.was_preempted" ]; th
   touch "$run/.was_preempted"; echo signal:SIGUSR1 > "$run/PREEMPTED"; exit 0
 fi
 if [ "$stage" = "${FAKE_ERROR:-}" ]; then echo "ConfigError: bad value" > "$run/ERROR"; exit 2; fi
-if [ "$1" = launch/evaluate.py ]; then echo '{"top1": 90.0, "top5": 100.0}' > "$run/results.json"; exit 0; fi
+if [ "$1" = launch/evaluate.py ]; then echo '{"top1": 90.0, "top5": 100.0}' > "$run/results.json"; echo x > "$run/scores.npz"; exit 0; fi
 echo '{"reason": "completed", "steps": 4, "last_loss": 0.5}' > "$run/summary.json"
 echo '{}' > "$run/model.json"; echo x > "$run/weights.safetensors"
 """

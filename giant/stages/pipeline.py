@@ -333,9 +333,10 @@ def read_json(path: Path) -> Optional[dict]:
 
 
 def artifact_complete(kind: str, run_dir: Path) -> bool:
-    """Training: the driver's summary says completed and the export is there. Evaluate: results."""
+    """Training: the driver's summary says completed and the export is there. Evaluate: results
+    and the per-video scores a later evaluation compares itself with (`reference`)."""
     if kind == "evaluate":
-        return (run_dir / "results.json").is_file()
+        return all((run_dir / f).is_file() for f in ("results.json", "scores.npz"))
     summary = read_json(run_dir / "summary.json") or {}
     return summary.get("reason") == "completed" and all(
         (run_dir / f).is_file() for f in ("weights.safetensors", "model.json"))

@@ -146,14 +146,18 @@ def summarise(index: np.ndarray, label: np.ndarray, valid: np.ndarray, scores: n
             "per_class_top1": per_class, "confusion": confusion.tolist()}
 
 
-def compare(reference: Path, paths: list, valid: np.ndarray, scores: np.ndarray) -> dict:
-    """How well these video scores match another evaluation's (the teacher's, for a student):
-    top-1 agreement and mean KL(reference ‖ these) over the videos both could read."""
+def reference_scores(reference: Path) -> Path:
     file = Path(reference) / SCORES
     if not file.is_file():
         raise ConfigError(f"--reference {reference}: no {SCORES} there; evaluate the reference first "
                           f"(`giant evaluate RUN --out {reference}`)")
-    with np.load(file, allow_pickle=False) as z:
+    return file
+
+
+def compare(reference: Path, paths: list, valid: np.ndarray, scores: np.ndarray) -> dict:
+    """How well these video scores match another evaluation's (the teacher's, for a student):
+    top-1 agreement and mean KL(reference ‖ these) over the videos both could read."""
+    with np.load(reference_scores(reference), allow_pickle=False) as z:
         r_paths, r_valid, r_scores = list(z["path"]), z["valid"], z["scores"]
     if r_paths != list(paths) or r_scores.shape != scores.shape:
         raise ConfigError(f"--reference {reference}: its {len(r_paths)} videos × {r_scores.shape[1]} classes "
@@ -206,8 +210,8 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
 
     from giant.engine.precision import resolve_precision
 
-    if reference and not (Path(reference) / SCORES).is_file():  # before any work, on every rank
-        compare(Path(reference), [], np.zeros(0, bool), np.zeros((0, 0)))
+    if reference:  # a missing one fails before any work, on every rank
+        reference_scores(Path(reference))
     rank, world, _, device = init_distributed(cfg)
     cfg = resolve_precision(cfg, device)
     model, model_cfg = build_eval_model(cfg, device)

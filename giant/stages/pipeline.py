@@ -2,13 +2,15 @@
 and what each stage's run directory says about it (done / partial at step N / pending).
 
 A pipeline file names stages in order; a stage's input is an EARLIER stage's exported artifact
-by stage name (`init_from: pretrain`, `teacher: k710`, `target: finetune_k400`), resolved here
+by stage name (`init_from: pretrain`, `teacher: k710`, `target: finetune_k400`; an evaluation's
+`reference: eval_teacher` names an earlier evaluation's scores), resolved here
 to that stage's run directory, so no path is ever copied by hand. A stage is done when its
 artifact is complete AND was produced from the same resolved config: the hash of what
 determines the result (recipe + overrides + inputs, see UNHASHED) is recorded in
 RUN_DIR/pipeline_stage.json when the stage is launched, and compared on every later run, so a
 changed value is reported by field name instead of being silently skipped or mixed into a
-resume. Launching (giant pipeline run) lives in giant/stages/pipeline_cli.py; Slurm in
+resume. An evaluation whose config changed is redone instead (it has nothing to resume).
+Launching (giant pipeline run) lives in giant/stages/pipeline_cli.py; Slurm in
 launch/slurm/submit_pipeline.sh. This module starts nothing.
 """
 from __future__ import annotations
@@ -490,13 +492,11 @@ def status_row(r: Resolved) -> dict:
     state = stage_state(r) if not r.error else State("error", note=r.error)
     summary = read_json(run_dir / "summary.json") or {}
     results = read_json(run_dir / "results.json") or {} if spec.kind == "evaluate" else {}
-    target = spec.inputs.get("target")
+    named = {k: v if isinstance(v, str) else v["path"] for k, v in spec.inputs.items()}  # stage or path
     return {"stage": spec.name, "kind": spec.kind, "status": state.label(), "run_dir": str(run_dir),
             "steps": summary.get("steps"), "first_loss": summary.get("first_loss"),
             "last_loss": summary.get("last_loss"), "best_val_top1": summary.get("best_val_top1"),
             "test_top1": results.get("top1"), "test_top5": results.get("top5"),
             "test_videos": results.get("videos"), "views": results.get("views"),
             "agreement_top1": results.get("agreement_top1"), "kl_from_reference": results.get("kl_from_reference"),
-            "reference": spec.inputs.get("reference") if isinstance(spec.inputs.get("reference"), str)
-            else (spec.inputs.get("reference") or {}).get("path"),
-            "target": target if isinstance(target, str) else (target or {}).get("path")}
+            "reference": named.get("reference"), "target": named.get("target")}

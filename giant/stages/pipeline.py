@@ -338,6 +338,7 @@ def artifact_complete(kind: str, run_dir: Path) -> bool:
     """Training: the driver's summary says completed and the export is there. Evaluate: results
     and the per-video scores a later evaluation compares itself with (`reference`)."""
     if kind == "evaluate":
+        # evaluate.SCORES; named here so a status check never imports torch (login nodes)
         return all((run_dir / f).is_file() for f in ("results.json", "scores.npz"))
     summary = read_json(run_dir / "summary.json") or {}
     return summary.get("reason") == "completed" and all(

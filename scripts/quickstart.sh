@@ -16,12 +16,14 @@ export TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # 2 ranks on 2 cores: one thread each
 PIPELINE=${PIPELINE:-launch/pipelines/demo.yaml}
 
-# 800 small videos (600 train / 200 held out, ~30 s to write). New videos make earlier demo
-# results meaningless (the pipeline's hashes cover configs, not data), so runs/demo goes too.
-stamp=data/synth/.giant-demo-800x48-bright  # bump when the renderer changes
+# 800 small videos (600 train / 200 held out, ~35 s to write); 150 of the 600 train labels are
+# wrong on purpose, as in annotated datasets (the held-out labels are true). New data make
+# earlier demo results meaningless (the pipeline's hashes cover configs, not data), so
+# runs/demo goes too.
+stamp=data/synth/.giant-demo-800x48-bright-noise25  # bump when the renderer or the data change
 if [ ! -f "$stamp" ]; then
   rm -rf data/synth runs/demo
-  giant data synth data/synth --num-videos 800 --height 48 --width 48
+  giant data synth data/synth --num-videos 800 --height 48 --width 48 --label-noise 0.25
   touch "$stamp"
 fi
 
@@ -44,6 +46,13 @@ print(f"\n== giant quickstart done in {sys.argv[1]} s ==")
 pre = rows.get("pretrain", {})
 if pre.get("last_loss") is not None:
     print(f"pre-training loss {pre['first_loss']:.3f} -> {pre['last_loss']:.3f}")
+clean = Path("data/synth/train_clean.csv")
+if clean.is_file():
+    wrong = sum(a != b for a, b in zip(Path("data/synth/train.csv").read_text().splitlines(),
+                                        clean.read_text().splitlines()))
+    print(f"training labels: {wrong} of {len(clean.read_text().splitlines()) - 1} wrong on purpose "
+          "(the teacher and the labels-only student learn from them, the distilled student from the "
+          "teacher alone; data/synth/train_clean.csv has the truth)")
 teacher = rows.get("eval_teacher", {}).get("test_top1")
 if teacher is not None:
     print(f"fine-tuned teacher:            top-1 {teacher:.1f}% on 200 held-out videos (chance 25%)")

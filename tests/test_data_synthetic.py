@@ -101,3 +101,48 @@ def test_mpeg4_fallback_codec(tmp_path):
     s = write_synthetic_set(tmp_path, num_videos=2, num_frames=6, height=32, width=32, codec="mpeg4")
     with open_video(str(s.videos[0]), "pyav") as reader:
         assert reader.num_frames == 6 and reader.get_frames([5]).shape == (1, 32, 32, 3)
+
+
+def _rows(path):
+    with open(path) as f:
+        return [(r["path"], int(r["label"])) for r in csv.DictReader(f)]
+
+
+def test_label_noise_moves_an_exact_share_of_labels_to_other_classes():
+    from giant.data.synthetic import mislabel
+
+    true = [i % 4 for i in range(600)]
+    given = list(true)
+    wrong = mislabel(given, 0.25, 4, seed=0)
+    assert len(wrong) == 150 and wrong == sorted(set(wrong))
+    assert [i for i in range(600) if given[i] != true[i]] == wrong  # every chosen one changed
+    moved = np.bincount([(given[i] - true[i]) % 4 for i in wrong], minlength=4)
+    assert moved[0] == 0 and min(moved[1:]) > 30  # to each other class, not a fixed shift
+    again = list(true)
+    assert mislabel(again, 0.25, 4, seed=0) == wrong and again == given
+    assert mislabel(list(true), 0.25, 4, seed=1) != wrong
+    assert mislabel(list(true), 0.0, 4, seed=0) == []
+
+
+def test_label_noise_leaves_videos_and_held_out_labels_true(tmp_path):
+    """Same pixels and same val.csv with or without noise; only train.csv lies, and
+    train_clean.csv holds what it should have said."""
+    import pytest
+
+    from giant.data.cli import main
+
+    clean = write_synthetic_set(tmp_path / "clean", num_videos=16, num_frames=4, height=32, width=32, seed=5)
+    assert main(["synth", str(tmp_path / "noisy"), "--num-videos", "16", "--frames", "4",
+                 "--height", "32", "--width", "32", "--seed", "5", "--label-noise", "0.25"]) == 0
+    noisy = tmp_path / "noisy"
+    assert (noisy / "val.csv").read_text() == (clean.root / "val.csv").read_text()
+    assert (noisy / "train_clean.csv").read_text() == (clean.root / "train.csv").read_text()
+    given, true = _rows(noisy / "train.csv"), _rows(clean.root / "train.csv")
+    assert [p for p, _ in given] == [p for p, _ in true]
+    assert sum(a != b for a, b in zip(given, true)) == round(0.25 * len(true)) == 3
+    for p in clean.videos:
+        assert (noisy / "videos" / p.name).read_bytes() == p.read_bytes()
+    assert not (clean.root / "train_clean.csv").exists() and clean.mislabelled == []
+    with pytest.raises(ValueError, match="label_noise"):
+        write_synthetic_set(tmp_path / "bad", num_videos=4, num_frames=4, height=32, width=32,
+                            label_noise=1.0)

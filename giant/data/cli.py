@@ -24,11 +24,14 @@ def _synth(args) -> int:
                             height=args.height, width=args.width, num_classes=args.classes,
                             seed=args.seed, val_fraction=args.val_fraction, fps=args.fps,
                             gop=args.gop, codec=args.codec, style=args.style, crf=args.crf,
-                            preset=args.preset)
+                            preset=args.preset, label_noise=args.label_noise)
     out(f"wrote {len(s.videos)} videos ({args.style}, {s.codec}, {args.width}x{args.height}, "
         f"{args.frames} "
           f"frames, {len(s.class_names)} classes) to {s.root}")
     out(f"train manifest: {s.train_manifest}\nval manifest:   {s.val_manifest}")
+    if s.mislabelled:
+        out(f"{len(s.mislabelled)} train labels are wrong on purpose (--label-noise); "
+            f"true labels: {s.clean_train_manifest}")
     return 0
 
 
@@ -230,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
                         "footage that decodes like real clips (loader benchmarks)")
     s.add_argument("--crf", type=int, default=18, help="libx264 quality (23 = ffmpeg default)")
     s.add_argument("--preset", default="veryfast", help="libx264 preset (medium = ffmpeg default)")
+    s.add_argument("--label-noise", type=float, default=0.0, metavar="FRACTION",
+                   help="give this fraction of the train videos a wrong label, as annotated "
+                        "datasets have (val stays true; train_clean.csv keeps the truth)")
     s.set_defaults(func=_synth)
 
     v = sub.add_parser("validate", help="check every manifest entry (a sources YAML: every "

@@ -8,7 +8,7 @@ single frame predicts it. Everything is drawn from one seed: same seed, same pix
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,10 @@ class SynthSet:
     val_manifest: Path
     class_names: list
     videos: list  # every written video, in index order
-    labels: list  # label of each video in `videos`
+    labels: list  # true label of each video in `videos`
     codec: str
+    mislabelled: list = field(default_factory=list)  # train videos whose manifest label is wrong
+    clean_train_manifest: Path | None = None  # train.csv with the true labels (label_noise > 0)
 
 
 def pick_codec() -> str:
@@ -239,6 +241,20 @@ def _split(labels: list[int], val_fraction: float) -> list[bool]:
     return is_val
 
 
+def mislabel(labels: list[int], fraction: float, num_classes: int, seed: int) -> list[int]:
+    """Indices of round(fraction·n) of `labels`, each moved (in place) to a uniformly drawn
+    other class. Its own random stream, so the videos are the same pixels with or without it."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"label_noise must be in [0, 1), got {fraction}")
+    if fraction and num_classes < 2:
+        raise ValueError("label_noise needs at least 2 classes")
+    rng = np.random.default_rng([seed, 0x6E6F6973])  # "nois"
+    chosen = sorted(int(i) for i in rng.permutation(len(labels))[:round(fraction * len(labels))])
+    for i in chosen:
+        labels[i] = (labels[i] + int(rng.integers(1, num_classes))) % num_classes
+    return chosen
+
+
 def _write_manifest(path: Path, rows: list[tuple[str, int]]) -> None:
     write_manifest(path, [VideoEntry(rel, label, "synthetic") for rel, label in rows])
 
@@ -247,10 +263,13 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
                         height: int = 64, width: int = 64, num_classes: int = 4, seed: int = 0,
                         val_fraction: float = 0.25, fps: int = 25, gop: int | None = None,
                         codec: str | None = None, style: str = "shapes", crf: int = 18,
-                        preset: str = "veryfast") -> SynthSet:
+                        preset: str = "veryfast", label_noise: float = 0.0) -> SynthSet:
     """Write `num_videos` videos + train.csv / val.csv / classes.txt into `out_dir`.
     style 'shapes': flat shapes on a still background (cheap, for tests and the demo);
-    'camera': camera-like footage (render_camera_video), for decoder benchmarks."""
+    'camera': camera-like footage (render_camera_video), for decoder benchmarks.
+    label_noise: the fraction of train.csv rows given a wrong label, as annotated datasets have
+    (val.csv stays true; train_clean.csv keeps the true train labels). A teacher that does not
+    memorise them then knows more than the labels, which is what distillation passes on."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
     if not 1 <= num_classes <= len(DIRECTIONS):
@@ -271,9 +290,19 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
         videos.append(path)
     is_val = _split(labels, val_fraction)
     rows = [(f"videos/{p.name}", y) for p, y in zip(videos, labels)]
-    _write_manifest(out / "train.csv", [r for r, v in zip(rows, is_val) if not v])
+    train = [r for r, v in zip(rows, is_val) if not v]
+    given = [y for _, y in train]
+    wrong = mislabel(given, label_noise, num_classes, seed)
+    _write_manifest(out / "train.csv", [(rel, y) for (rel, _), y in zip(train, given)])
     _write_manifest(out / "val.csv", [r for r, v in zip(rows, is_val) if v])
+    clean = out / "train_clean.csv"
+    if wrong:
+        _write_manifest(clean, train)
+    else:
+        clean.unlink(missing_ok=True)
     (out / "classes.txt").write_text("\n".join(names) + "\n")
-    log.info("wrote %d synthetic videos (%s, %dx%d, %d frames) to %s",
-             num_videos, codec, width, height, num_frames, out)
-    return SynthSet(out, out / "train.csv", out / "val.csv", names, videos, labels, codec)
+    log.info("wrote %d synthetic videos (%s, %dx%d, %d frames, %d of %d train labels wrong) to %s",
+             num_videos, codec, width, height, num_frames, len(wrong), len(train), out)
+    by_name = {p.name: i for i, p in enumerate(videos)}
+    return SynthSet(out, out / "train.csv", out / "val.csv", names, videos, labels, codec,
+                    [by_name[Path(train[i][0]).name] for i in wrong], clean if wrong else None)

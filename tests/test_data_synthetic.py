@@ -143,6 +143,13 @@ def test_label_noise_leaves_videos_and_held_out_labels_true(tmp_path):
     for p in clean.videos:
         assert (noisy / "videos" / p.name).read_bytes() == p.read_bytes()
     assert not (clean.root / "train_clean.csv").exists() and clean.mislabelled == []
+    api = write_synthetic_set(tmp_path / "api", num_videos=16, num_frames=4, height=32, width=32,
+                              seed=5, label_noise=0.25)
+    listed = dict(_rows(api.train_manifest))
+    assert api.clean_train_manifest == api.root / "train_clean.csv"
+    assert sorted(api.mislabelled) == sorted(
+        i for i, (v, y) in enumerate(zip(api.videos, api.labels)) if listed.get(f"videos/{v.name}", y) != y)
+    assert len(api.mislabelled) == 3
     with pytest.raises(ValueError, match="label_noise"):
         write_synthetic_set(tmp_path / "bad", num_videos=4, num_frames=4, height=32, width=32,
                             label_noise=1.0)

@@ -276,11 +276,15 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
         raise ValueError(f"num_classes must be in 1..{len(DIRECTIONS)}, got {num_classes}")
     if height % 2 or width % 2:
         raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
+    rng = np.random.default_rng(seed)
+    labels = [int(y) for y in rng.permutation(np.arange(num_videos) % num_classes)]
+    is_val = _split(labels, val_fraction)
+    train = [i for i, v in enumerate(is_val) if not v]
+    given = [labels[i] for i in train]  # what train.csv says
+    wrong = [train[j] for j in mislabel(given, label_noise, num_classes, seed)]  # before any video
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     names = list(DIRECTIONS)[:num_classes]
-    rng = np.random.default_rng(seed)
-    labels = [int(y) for y in rng.permutation(np.arange(num_videos) % num_classes)]
     codec = codec or pick_codec()
     videos = []
     for i, label in enumerate(labels):
@@ -288,21 +292,16 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
         path = out / "videos" / f"{i:05d}.mp4"
         write_video(path, frames, fps=fps, codec=codec, gop=gop, crf=crf, preset=preset)
         videos.append(path)
-    is_val = _split(labels, val_fraction)
-    rows = [(f"videos/{p.name}", y) for p, y in zip(videos, labels)]
-    train = [r for r, v in zip(rows, is_val) if not v]
-    given = [y for _, y in train]
-    wrong = mislabel(given, label_noise, num_classes, seed)
-    _write_manifest(out / "train.csv", [(rel, y) for (rel, _), y in zip(train, given)])
-    _write_manifest(out / "val.csv", [r for r, v in zip(rows, is_val) if v])
+    rel = [f"videos/{p.name}" for p in videos]
+    _write_manifest(out / "train.csv", list(zip((rel[i] for i in train), given)))
+    _write_manifest(out / "val.csv", [(rel[i], labels[i]) for i, v in enumerate(is_val) if v])
     clean = out / "train_clean.csv"
     if wrong:
-        _write_manifest(clean, train)
+        _write_manifest(clean, [(rel[i], labels[i]) for i in train])
     else:
         clean.unlink(missing_ok=True)
     (out / "classes.txt").write_text("\n".join(names) + "\n")
     log.info("wrote %d synthetic videos (%s, %dx%d, %d frames, %d of %d train labels wrong) to %s",
              num_videos, codec, width, height, num_frames, len(wrong), len(train), out)
-    by_name = {p.name: i for i, p in enumerate(videos)}
-    return SynthSet(out, out / "train.csv", out / "val.csv", names, videos, labels, codec,
-                    [by_name[Path(train[i][0]).name] for i in wrong], clean if wrong else None)
+    return SynthSet(out, out / "train.csv", out / "val.csv", names, videos, labels, codec, wrong,
+                    clean if wrong else None)

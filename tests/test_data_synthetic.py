@@ -5,6 +5,7 @@ import numpy as np
 
 from giant.data.decode import open_video
 from giant.data.synthetic import DIRECTIONS, render_video, write_synthetic_set
+from giant.errors import ConfigError
 
 
 def estimate_motion(frames: np.ndarray, lag: int = 3) -> tuple[int, int]:
@@ -150,6 +151,18 @@ def test_label_noise_leaves_videos_and_held_out_labels_true(tmp_path):
     assert sorted(api.mislabelled) == sorted(
         i for i, (v, y) in enumerate(zip(api.videos, api.labels)) if listed.get(f"videos/{v.name}", y) != y)
     assert len(api.mislabelled) == 3
-    with pytest.raises(ValueError, match="label_noise"):
+    with pytest.raises(ConfigError, match="label_noise"):
         write_synthetic_set(tmp_path / "bad", num_videos=4, num_frames=4, height=32, width=32,
                             label_noise=1.0)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_synth_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
+    from giant.data.cli import main
+
+    for option, value, named in (("--label-noise", "1.5", "--label-noise"), ("--classes", "9", "--classes"),
+                                 ("--height", "33", "--height")):
+        assert main(["synth", str(tmp_path / "out"), option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

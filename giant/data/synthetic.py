@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from giant.data.manifest import VideoEntry, write_manifest
+from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,9 @@ def mislabel(labels: list[int], fraction: float, num_classes: int, seed: int) ->
     """Indices of round(fraction·n) of `labels`, each moved (in place) to a uniformly drawn
     other class. Its own random stream, so the videos are the same pixels with or without it."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"label_noise must be in [0, 1), got {fraction}")
+        raise ConfigError(f"label_noise (--label-noise) must be in [0, 1), got {fraction}")
     if fraction and num_classes < 2:
-        raise ValueError("label_noise needs at least 2 classes")
+        raise ConfigError("label_noise (--label-noise) needs at least 2 classes (--classes)")
     rng = np.random.default_rng([seed, 0x6E6F6973])  # "nois"
     chosen = sorted(int(i) for i in rng.permutation(len(labels))[:round(fraction * len(labels))])
     for i in chosen:
@@ -271,11 +272,11 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
     (val.csv stays true; train_clean.csv keeps the true train labels). A teacher that does not
     memorise them then knows more than the labels, which is what distillation passes on."""
     if style not in STYLES:
-        raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
+        raise ConfigError(f"style (--style) must be one of {list(STYLES)}, got {style!r}")
     if not 1 <= num_classes <= len(DIRECTIONS):
-        raise ValueError(f"num_classes must be in 1..{len(DIRECTIONS)}, got {num_classes}")
+        raise ConfigError(f"num_classes (--classes) must be in 1..{len(DIRECTIONS)}, got {num_classes}")
     if height % 2 or width % 2:
-        raise ValueError(f"height and width must be even for yuv420p, got {height}x{width}")
+        raise ConfigError(f"height and width (--height, --width) must be even for yuv420p, got {height}x{width}")
     rng = np.random.default_rng(seed)
     labels = [int(y) for y in rng.permutation(np.arange(num_videos) % num_classes)]
     is_val = _split(labels, val_fraction)

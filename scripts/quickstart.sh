@@ -48,9 +48,9 @@ if pre.get("last_loss") is not None:
     print(f"pre-training loss {pre['first_loss']:.3f} -> {pre['last_loss']:.3f}")
 clean = Path("data/synth/train_clean.csv")
 if clean.is_file():
-    wrong = sum(a != b for a, b in zip(Path("data/synth/train.csv").read_text().splitlines(),
-                                        clean.read_text().splitlines()))
-    print(f"training labels: {wrong} of {len(clean.read_text().splitlines()) - 1} wrong on purpose "
+    true, given = (f.read_text().splitlines()[1:] for f in (clean, Path("data/synth/train.csv")))
+    wrong = sum(a != b for a, b in zip(true, given))
+    print(f"training labels: {wrong} of {len(true)} wrong on purpose "
           "(the teacher and the labels-only student learn from them, the distilled student from the "
           "teacher alone; data/synth/train_clean.csv has the truth)")
 teacher = rows.get("eval_teacher", {}).get("test_top1")

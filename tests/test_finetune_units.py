@@ -171,6 +171,8 @@ def test_agreement_with_a_reference_evaluation_by_hand(tmp_path):
     assert got["reference_videos"] == 2 and got["agreement_top1"] == 50.0  # a agrees, b does not
     assert got["kl_from_reference"] == pytest.approx((kl_a + kl_b) / 2, rel=1e-5)
     assert compare(tmp_path, paths, np.ones(4, bool), teacher)["kl_from_reference"] == pytest.approx(0, abs=1e-6)
+    none = compare(tmp_path, paths, np.array([False, False, False, True]), student)  # d: teacher cannot read it
+    assert none["reference_videos"] == 0 and none["agreement_top1"] is None and none["kl_from_reference"] is None
     with pytest.raises(ConfigError, match="not these 3 × 3; evaluate both on the same data.test_manifest"):
         compare(tmp_path, paths[:3], np.ones(3, bool), student[:3])
     with pytest.raises(ConfigError, match=f"--reference {tmp_path / 'x'}: no {SCORES} there"):

@@ -166,9 +166,9 @@ def compare(reference: Path, paths: list, valid: np.ndarray, scores: np.ndarray)
     both = valid & r_valid
     p, q = r_scores[both], scores[both]
     kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(1)
-    n = int(both.sum())
+    n = int(both.sum())  # 0: no video both could read, so nothing to compare (not 0% agreement)
     return {"reference": str(reference), "reference_videos": n,
-            "agreement_top1": 100.0 * float((p.argmax(1) == q.argmax(1)).sum()) / max(n, 1),
+            "agreement_top1": 100.0 * float((p.argmax(1) == q.argmax(1)).mean()) if n else None,
             "kl_from_reference": float(kl.mean()) if n else None}
 
 
@@ -241,9 +241,11 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
         if reference:
             paths = [dataset.entries[int(i)].path for i in g_idx]
             result.update(compare(Path(reference), paths, g_valid, g_scores))
-            log.info("against %s: top-1 agreement %.2f%%, KL %.4f nats over %d videos", reference,
-                     result["agreement_top1"], result["kl_from_reference"] or float("nan"),
-                     result["reference_videos"])
+            if result["reference_videos"]:
+                log.info("against %s: top-1 agreement %.2f%%, KL %.4f nats over %d videos", reference,
+                         result["agreement_top1"], result["kl_from_reference"], result["reference_videos"])
+            else:
+                log.warning("against %s: no video readable in both evaluations, nothing compared", reference)
         _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
         (out / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
         log.info("evaluated %d videos × %d views: top-1 %.2f top-5 %.2f (%d unreadable; over all "

@@ -18,13 +18,25 @@ PIPELINE=${PIPELINE:-launch/pipelines/demo.yaml}
 
 # 800 small videos (600 train / 200 held out, ~35 s to write); 150 of the 600 train labels are
 # wrong on purpose, as in annotated datasets (the held-out labels are true). New data make
-# earlier demo results meaningless (the pipeline's hashes cover configs, not data), so
-# runs/demo goes too.
+# earlier demo results meaningless (the pipeline's hashes cover configs, not data), so every
+# demo stage is redone.
 stamp=data/synth/.giant-demo-800x48-bright-noise25  # bump when the renderer or the data change
+redo_all=""
 if [ ! -f "$stamp" ]; then
-  rm -rf data/synth runs/demo
+  # only a folder an earlier quickstart (or giant data synth) wrote is replaced: never a user's own
+  if [ -e data/synth ]; then
+    if [ -f data/synth/synth.json ] || compgen -G 'data/synth/.giant-demo-*' > /dev/null; then
+      rm -rf data/synth
+    else
+      echo "quickstart: error: data/synth holds files giant did not write (no synth.json); move it away" >&2
+      exit 2
+    fi
+  fi
   giant data synth data/synth --num-videos 800 --height 48 --width 48 --label-noise 0.25
   touch "$stamp"
+  # new data: every demo stage is redone; --force deletes only run dirs this pipeline recorded
+  redo_all="--force $(giant pipeline plan "$PIPELINE" --no-flops --json 2>/dev/null | python -c '
+import json, sys; print(json.load(sys.stdin)["stages"][0]["name"])' 2>/dev/null || echo pretrain)"
 fi
 
 # The demo's runs are disposable: a stage whose recipe changed since the last quickstart (a newer
@@ -32,9 +44,10 @@ fi
 # file that does not resolve is left to `giant pipeline run` below, which names the mistake.
 force=$(giant pipeline plan "$PIPELINE" --no-flops --json 2>/dev/null | python -c '
 import json, sys
-stale = [s["name"] for s in json.load(sys.stdin)["stages"] if s["status"] in ("changed", "unrecorded")]
+stale = [s["name"] for s in json.load(sys.stdin)["stages"] if s["status"] == "changed"]
 print(" ".join(f"--force {n}" for n in stale))' 2>/dev/null || true)
 [ -n "$force" ] && echo "quickstart: redoing stages from another giant version: $force"
+[ -n "$redo_all" ] && force=$redo_all
 giant pipeline run "$PIPELINE" --launcher deepspeed --nproc 2 $force
 
 python - "$(( $(date +%s) - t0 ))" <<'PY'

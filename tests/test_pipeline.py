@@ -168,11 +168,11 @@ def test_changed_evaluation_is_evaluated_again(full, synth_videos):
 
 def test_changed_recipe_value_is_refused_with_the_field(full, synth_videos):
     changed = _pipeline(synth_videos, full["root"])
-    changed["stages"][2]["overrides"]["optim.blr"] = 0.02  # the finetune stage; the recipe says 1.6e-2
+    changed["stages"][2]["overrides"]["optim.blr"] = 0.02  # the finetune stage; the recipe says 3.2e-2
     path = _write(full["dir"] / "changed.yaml", changed)
     proc = run(path)
     assert proc.returncode == 2
-    assert "stage 'finetune'" in proc.stderr and "optim.blr: 0.016 → 0.02" in proc.stderr
+    assert "stage 'finetune'" in proc.stderr and "optim.blr: 0.032 → 0.02" in proc.stderr
     assert "--force finetune" in proc.stderr and "$ " not in proc.stdout
     plan = giant("plan", str(path), "--no-flops", "--json")
     rows = {s["name"]: s for s in json.loads(plan.stdout)["stages"]}
@@ -212,8 +212,8 @@ def test_plan_of_the_shipped_vitg_pipeline_from_recipes_alone(capsys, monkeypatc
     cfg = load_config("launch/recipes/pretrain_vitg_hybrid.yaml")
     assert pre["flops"] == 197700 * 8192 * count(cfg.model, "pretrain", cfg.mask)["train_flops"]
     assert pre["flops"] / (241 * 3600 * 64) == pytest.approx(42.3e12, rel=0.01)  # the paper's 241 h on 64 A100
-    assert (rows["k710"]["global_batch"], rows["k710"]["lr"]) == (256, pytest.approx(5e-4))
-    assert (rows["finetune_k400"]["world"], rows["finetune_k400"]["global_batch"]) == (16, 64)
+    assert (rows["k710"]["global_batch"], rows["k710"]["lr"]) == (192, pytest.approx(3.75e-4))  # 96 videos
+    assert (rows["finetune_k400"]["world"], rows["finetune_k400"]["global_batch"]) == (32, 192)
     assert rows["eval_teacher"]["flops_per_video"] == 15 * 2 * count(
         load_config("launch/recipes/finetune_vitg_k400.yaml").model, "finetune")["macs"]
     assert all(r["status"] == "pending" for r in rows.values() if not r["error"])
@@ -349,3 +349,35 @@ def test_evaluate_slices_a_larger_head_by_the_rowmap(tmp_path):
     assert _slice_head(cfg, cfg.model, kept) is cfg.model and torch.equal(kept["head.bias"], b[:3])
     with pytest.raises(ConfigError, match="row 4 but the head"):
         _slice_head(cfg, cfg.model, {"head.weight": w[:4], "head.bias": b[:4]})
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", "a\\b", "../up", "/abs"])
+def test_stage_names_that_are_paths_are_refused_when_loaded(tmp_path, name):
+    """A stage's name is its run dir under the root: `..` would be the root's parent."""
+    from giant.errors import ConfigError
+    from giant.stages.pipeline import load_pipeline
+
+    path = _write(tmp_path / "p.yaml", {"name": "t", "root": str(tmp_path / "runs"), "stages": [
+        {"name": name, "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml"}]})
+    with pytest.raises(ConfigError, match=r"stages\[0\]: 'name' must be a word without spaces"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("run_dirs, message", [
+    (["x", "x"], "overlaps stage 'a'"), (["x", "x/inner"], "overlaps stage 'a'"), (["x/inner", "x"], "overlaps"),
+    (["runs", None], "holds the pipeline root"), (["cfg", None], "holds the pipeline file"),
+    ([".", None], "holds the pipeline root"),
+])
+def test_run_dirs_that_overlap_or_hold_the_pipeline_are_refused(tmp_path, monkeypatch, run_dirs, message):
+    """Redoing one stage deletes its run dir: it must never take another stage, the root or the
+    pipeline file with it."""
+    from giant.errors import ConfigError
+    from giant.stages.pipeline import load_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    stages = [{"name": n, "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml",
+               **({"run_dir": d} if d else {})} for n, d in zip("ab", run_dirs)]
+    (tmp_path / "cfg").mkdir()
+    path = _write(tmp_path / "cfg" / "p.yaml", {"name": "t", "root": "runs/t", "stages": stages})
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(path)

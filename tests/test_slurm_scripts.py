@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_safety import files, record, snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 
 SRUN = """#!/usr/bin/env bash
@@ -171,18 +173,25 @@ stages:
 """
 
 
-def _submit(root: Path, *args: str, **fake: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """launch/slurm/submit_pipeline.sh on a copy of launch/ with the fake scheduler on PATH."""
+def _setup(root: Path) -> None:
+    """A giant root: a copy of launch/ and ds_configs/, the fake scheduler in ../bin."""
     bin_dir, state = root.parent / "bin", root.parent / "state"
-    if not root.exists():
+    if not (root / "launch").exists():  # (a test may have put a p.yaml or run dirs there first)
         shutil.copytree(REPO / "launch", root / "launch", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(REPO / "ds_configs", root / "ds_configs")
-        (root / "p.yaml").write_text(PIPELINE)
-        bin_dir.mkdir()
+        bin_dir.mkdir(exist_ok=True)
         state.mkdir(exist_ok=True)
         for name, text in (("sbatch", SBATCH), ("scontrol", SCONTROL_Q), ("squeue", SQUEUE),
                            ("srun", SRUN), ("python", PY_STAGE)):
             _tool(bin_dir, name, text)
+    if not (root / "p.yaml").exists():
+        (root / "p.yaml").write_text(PIPELINE)
+
+
+def _submit(root: Path, *args: str, **fake: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """launch/slurm/submit_pipeline.sh on a copy of launch/ with the fake scheduler on PATH."""
+    _setup(root)
+    bin_dir, state = root.parent / "bin", root.parent / "state"
     calls = root.parent / "calls.log"
     calls.write_text("")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "STATE": str(state),
@@ -276,3 +285,65 @@ def test_stage_already_queued_is_not_submitted_twice(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not any(c.startswith("sbatch") for c in calls)
     assert proc.stdout.count("already queued or running as job 77") == 3
+
+
+# ----------------------------------------------------------------------------- deletion rule
+def _refused_cases(tmp_path: Path) -> list[tuple[str, Path, str, str]]:
+    """(pipeline text, folder of the user's files, stage to force, what the refusal says): each
+    built in its own giant root under tmp_path."""
+    cases = []
+    for kind in ("files", "link", "other_pipeline", "dot", "dotdot"):
+        root = tmp_path / kind / "giant"
+        text, stage = PIPELINE, "ft"
+        if kind == "files":
+            folder, why = root / "runs/t/ft", "runs/t/ft holds files this pipeline did not write"
+        elif kind == "link":
+            folder = tmp_path / kind / "elsewhere"
+            (root / "runs/t").mkdir(parents=True)
+            (root / "runs/t/ft").symlink_to(folder)
+            why = f"runs/t/ft (→ {folder}) holds files"
+        elif kind == "other_pipeline":
+            folder, why = root / "runs/t/ft", "holds stage 'ft' of pipeline 'other'"
+            record(folder, pipeline="other", stage="ft")
+        elif kind == "dot":
+            folder, why = root, "run_dir . holds the pipeline root"
+            text = PIPELINE.replace("init_from: pretrain,", "init_from: pretrain, run_dir: .,")
+        else:  # the root's parent, runs/
+            folder, why, stage = root / "runs", "and not '.' or '..'", ".."
+            text = PIPELINE.replace("name: ft,", "name: '..',").replace("target: ft", "target: '..'")
+        folder.mkdir(parents=True, exist_ok=True)
+        (root / "p.yaml").write_text(text)
+        cases.append((root, folder, stage, why))
+    return cases
+
+
+def test_submit_refuses_what_the_pipeline_did_not_create_and_deletes_nothing(tmp_path):
+    for root, folder, stage, why in _refused_cases(tmp_path):
+        _setup(root)
+        before = files(folder)
+        for args in ((), ("--force", stage)):
+            proc, calls = _submit(root, *args)
+            assert proc.returncode == 2, (root, proc.stdout, proc.stderr)
+            assert why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+            assert not any(c.startswith("sbatch") for c in calls)
+            assert snapshot(folder) == before, root
+
+
+def test_submit_force_deletes_its_own_stage_and_never_a_protected_one(tmp_path):
+    root = tmp_path / "giant"
+    assert _submit(root)[0].returncode == 0
+    (root / "runs/t/ft/stale.txt").write_text("from the first run\n")
+    beside = files(root / "runs/t/notes")  # the user's files next to the run dirs
+    proc, calls = _submit(root, "--force", "ft")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stage ft: deleting {(root / 'runs/t/ft').resolve()}" in proc.stderr
+    assert not (root / "runs/t/ft/stale.txt").exists() and (root / "runs/t/ft/summary.json").is_file()
+    assert snapshot(root / "runs/t/notes") == beside
+
+    home = tmp_path / "home"  # a run dir that is $HOME, with a record that says it is stage ft
+    record(home, pipeline="t", stage="ft")
+    kept = files(home)
+    (root / "p.yaml").write_text(PIPELINE.replace("init_from: pretrain,", f"init_from: pretrain, run_dir: {home},"))
+    proc, calls = _submit(root, "--force", "ft", HOME=str(home))
+    assert proc.returncode == 2 and "which giant never deletes" in proc.stderr, proc.stderr
+    assert not any(c.startswith("sbatch") for c in calls) and snapshot(home) == kept

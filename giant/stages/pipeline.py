@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
+from giant import safety
 from giant.config import RunConfig, from_dict, load_config, parse_overrides, validate, yaml_load
 from giant.errors import ConfigError, GiantError
 
@@ -33,12 +34,13 @@ TRAINING = ("pretrain", "finetune", "distill")
 INPUTS = {"init_from": "checkpoint.init_from", "teacher": "distill.teacher"}
 NEEDS = {"finetune": ("init_from",), "distill": ("teacher",), "evaluate": ("target",)}  # a student may start from its own init
 SCRATCH = "scratch"  # `init_from: scratch`: a supervised stage from random weights (e.g. a baseline)
-RECORD = "pipeline_stage.json"
+RECORD = safety.RECORD  # giant.safety deletes a run dir only when this record names its stage
 # Settings that change how a stage runs, not what it produces: left out of the hash, so changing
 # them (more loader workers, another ZeRO layout, checkpoint cadence) never invalidates a stage.
 UNHASHED = ("logging.", "engine.", "stage.run_dir", "stage.stop_after", "checkpoint.resume",
             "checkpoint.keep_last", "checkpoint.every_steps", "data.num_workers",
-            "data.loader_timeout_s")
+            "data.loader_timeout_s", "data.prefetch_factor", "data.persistent_workers", "precision.cast",
+            "precision.decoder_matmul")
 STAGE_KEYS = {"name", "kind", "recipe", "ds", "run_dir", "overrides", "gpus", "init_from", "teacher", "target",
               "reference"}
 TOP_KEYS = {"name", "root", "gpus_per_node", "defaults", "stages"}
@@ -58,6 +60,7 @@ class StageSpec:
     inputs: dict[str, Any] = field(default_factory=dict)  # init_from/teacher/target/reference → name | {path: P}
     gpus: int = 1
     index: int = 0
+    pipeline: str = ""  # the pipeline's name: what this stage's record must say to be its own
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Pipeline:
     root: Path
     stages: list[StageSpec]
     gpus_per_node: int = 8
+
+    def protected(self) -> list[Path]:
+        """Besides giant.safety's own list: the pipeline root and file are never deleted."""
+        return [self.root, self.path]
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
@@ -118,6 +125,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise ConfigError(f"pipeline file {path} does not exist (shipped ones: launch/pipelines/*.yaml)")
     try:
         data = yaml_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"pipeline file {path} is not UTF-8 text (byte {exc.start}); a pipeline is YAML "
+                          "(see launch/pipelines/)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     _check_keys(data, TOP_KEYS, str(path))
@@ -131,6 +141,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     stages: list[StageSpec] = []
     for i, item in enumerate(raw):
         stages.append(_stage(item, i, stages, defaults, root, f"{path}: stages[{i}]"))
+        stages[-1].pipeline = name
+    _check_run_dirs(stages, root, path)
     return Pipeline(name=name, path=path, root=root, stages=stages,
                     gpus_per_node=int(data.get("gpus_per_node", 8)))
 
@@ -146,8 +158,9 @@ def _check_keys(data: Any, allowed: set, where: str) -> None:
 def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Path, where: str) -> StageSpec:
     _check_keys(item, STAGE_KEYS, where)
     name, kind = item.get("name"), item.get("kind")
-    if not name or not isinstance(name, str) or any(c in name for c in " /:,"):
-        raise ConfigError(f"{where}: 'name' must be a word without spaces, '/', ':' or ','")
+    if not name or not isinstance(name, str) or name in (".", "..") or any(c in name for c in " /\\:,"):
+        raise ConfigError(f"{where}: 'name' must be a word without spaces, '/', '\\', ':' or ',' and not "
+                          f"'.' or '..' (got {name!r}; it names the stage's run dir under the root)")
     where = f"{where} ({name})"
     if name in {s.name for s in earlier}:
         raise ConfigError(f"{where}: stage name {name!r} is used twice")
@@ -179,6 +192,22 @@ def _stage(item: Any, i: int, earlier: list[StageSpec], defaults: dict, root: Pa
                      recipe=item.get("recipe"), ds=item.get("ds", defaults.get("ds")),
                      overrides=overrides, inputs=inputs, gpus=int(item.get("gpus", defaults.get("gpus", 1))),
                      index=i)
+
+
+def _check_run_dirs(stages: list[StageSpec], root: Path, path: Path) -> None:
+    """Each stage has its own run dir, holding neither another stage's, the root nor the pipeline
+    file: redoing one stage deletes its run dir and must never take anything else with it."""
+    real = [(s, s.run_dir.resolve()) for s in stages]
+    keep = {"the pipeline root": root.resolve(), "the pipeline file": path.resolve()}
+    for i, (s, d) in enumerate(real):
+        where = f"{path}: stages[{s.index}] ({s.name})"
+        for what, k in keep.items():
+            if d == k or d in k.parents:
+                raise ConfigError(f"{where}: run_dir {s.run_dir} holds {what} {k}; give the stage its own folder")
+        for t, e in real[:i]:
+            if d == e or d in e.parents or e in d.parents:
+                raise ConfigError(f"{where}: run_dir {s.run_dir} overlaps stage {t.name!r}'s {t.run_dir}; "
+                                  "give each stage its own folder")
 
 
 def _input(value: Any, key: str, kind: str, earlier: list[StageSpec], where: str) -> Any:
@@ -367,6 +396,7 @@ class State:
     changed: list[str] = field(default_factory=list)  # "key: old → new"
     note: str = ""
     redo: bool = False  # an evaluation of another config: its run dir is cleared and it runs again
+    reused: bool = False  # done by another pipeline's stage (its record): read, never written or deleted
 
     def label(self) -> str:
         if self.status == "partial":
@@ -380,16 +410,16 @@ def stage_state(r: Resolved) -> State:
     run_dir, kind = r.spec.run_dir, r.spec.kind
     if r.error:
         return State("error", note=r.error)
+    foreign = safety.not_ours(run_dir, r.spec.pipeline, r.spec.name)
+    if foreign:  # unrelated files or another stage's run: never adopted, resumed or deleted
+        return _reused(r) or State("unrecorded", note=foreign)
     complete = artifact_complete(kind, run_dir)
     step = None if complete or kind == "evaluate" else partial_step(run_dir)
     error = (run_dir / "ERROR").read_text().strip() if (run_dir / "ERROR").is_file() else ""
     note = f"last attempt failed: {error}" if error else ""
     if not complete and step is None:
         return State("pending", note=note)
-    rec = read_record(run_dir)
-    if rec is None:
-        return State("unrecorded", step=step, note=f"{run_dir} holds a run this pipeline did not start "
-                     f"(no {RECORD})")
+    rec = read_record(run_dir) or {}  # there: not_ours found this stage's record in a non-empty folder
     if rec.get("hash") != r.hash:
         changed = diff(rec.get("config", {}), r.tree)
         if kind == "evaluate":  # nothing to resume, and its numbers describe another config: redo it
@@ -397,6 +427,31 @@ def stage_state(r: Resolved) -> State:
                          note="evaluated again: its inputs or settings changed")
         return State("changed", step=step, changed=changed)
     return State("done", note=note) if complete else State("partial", step=step, note=note)
+
+
+def _reused(r: Resolved) -> Optional[State]:
+    """Another pipeline's finished stage of the same config (e.g. vitg_ssv2 pointing its root at
+    vitg_k400's pre-training): its artifact is read as it is, never resumed, redone or deleted."""
+    owner, rec = safety.read_owner(r.spec.run_dir), read_record(r.spec.run_dir) or {}
+    if owner is None or rec.get("hash") != r.hash or not artifact_complete(r.spec.kind, r.spec.run_dir):
+        return None
+    return State("done", reused=True, note=f"reused as is: done by stage {owner[1]!r} of pipeline {owner[0]!r} "
+                 "(its record); never resumed, redone or deleted from here")
+
+
+def planned_state(r: Resolved, forced: bool) -> State:
+    """stage_state, except that a --force'd stage is redone, if its run dir is its own to delete."""
+    if not forced or r.error:
+        return stage_state(r)
+    foreign = safety.not_ours(r.spec.run_dir, r.spec.pipeline, r.spec.name)
+    if foreign:
+        return State("unrecorded", note=f"--force refused: {foreign}")
+    return State("pending", note="forced: deleted and redone by run --force")
+
+
+def deletion(pipe: Pipeline, r: Resolved) -> Optional[Path]:
+    """What redoing this stage deletes (None: nothing); raises giant.safety's refusal."""
+    return safety.check_run_dir(r.spec.run_dir, pipe.name, r.spec.name, pipe.protected())
 
 
 def diff(old: dict, new: dict) -> list[str]:
@@ -424,7 +479,7 @@ def plan_numbers(r: Resolved, world: int, by_name: dict[str, Resolved], flops: b
     """World size, global batch (clips), peak lr, steps and estimated FLOPs of one stage, from
     its config alone (no data, no device). Evaluate: FLOPs per test video × videos if the test
     manifest is readable here. `flops=False` skips the estimate (it imports the model code)."""
-    from giant.engine.schedule import peak_lr
+    from giant.engine.schedule import peak_lr, videos_per_step
 
     cfg, kind = r.cfg, r.spec.kind
     row: dict[str, Any] = {"world": world, "global_batch": None, "lr": None, "steps": None, "flops": None}
@@ -433,7 +488,7 @@ def plan_numbers(r: Resolved, world: int, by_name: dict[str, Resolved], flops: b
     if kind != "evaluate":
         row.update(global_batch=world * cfg.optim.batch_size * cfg.optim.accum_steps * cfg.data.num_sample,
                    steps=cfg.optim.total_steps)
-        row["lr"] = peak_lr(cfg.optim, row["global_batch"])
+        row["lr"] = peak_lr(cfg.optim, videos_per_step(cfg.optim, world))  # videos, not clips
     if not flops:
         return row
     from giant.flops import count, train_flops_per_clip

@@ -21,11 +21,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from giant.console import out
-from giant.errors import ConfigError
-from giant.stages.pipeline import (Pipeline, Resolved, State, artifact_complete, downstream,
-                                   load_pipeline, mark_completed, plan_numbers, read_json, read_record,
-                                   resolve, stage_state, status_row, write_record)
+from giant import safety
+from giant.console import ArgumentParser, out, positive_int
+from giant.errors import ConfigError, GiantError
+from giant.stages.pipeline import (Pipeline, Resolved, State, artifact_complete, deletion, downstream,
+                                   load_pipeline, mark_completed, plan_numbers, planned_state, read_json,
+                                   read_record, resolve, status_row, write_record)
 
 LAUNCHERS = ("deepspeed", "torchrun", "srun", "python")
 INTERRUPTED = 3
@@ -119,6 +120,9 @@ def _refusal(pipe: Pipeline, bad: list[tuple[Resolved, State]]) -> str:
     lines = []
     for r, st in bad:
         after = downstream(pipe, [r.spec.name])
+        if st.status == "unrecorded":  # --force cannot help: giant never deletes what it did not create
+            lines.append(f"stage {r.spec.name!r}: {st.note}")
+            continue
         if st.status == "changed":
             lines.append(f"stage {r.spec.name!r} ({r.spec.run_dir}) was produced from another config than "
                          f"{pipe.path} now gives it; changed: " + "; ".join(st.changed))
@@ -129,38 +133,61 @@ def _refusal(pipe: Pipeline, bad: list[tuple[Resolved, State]]) -> str:
     return "\n".join(lines)
 
 
-def prepare(pipe: Pipeline, force: list[str]) -> tuple[list[Resolved], dict[str, State], list[str]]:
-    """Resolve every stage and decide what to do; raises (before anything runs) on an invalid
-    stage or a done stage whose config changed. → (stages, states, forced names)."""
+def deletions(pipe: Pipeline, resolved: list[Resolved], states: dict[str, State],
+              forced: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """What run --force and the redone evaluations delete, by giant.safety's rule (checked
+    before anything is deleted). → ({stage: folder}, {stage: refusal})."""
+    doomed, refused = {}, {}
+    for r in resolved:
+        st = states[r.spec.name]
+        if (r.spec.name in forced or st.redo) and st.status not in ("error", "unrecorded"):
+            try:
+                path = deletion(pipe, r)
+            except GiantError as exc:
+                refused[r.spec.name] = str(exc)
+                continue
+            if path is not None:
+                doomed[r.spec.name] = path
+    return doomed, refused
+
+
+def prepare(pipe: Pipeline, force: list[str]) -> tuple[list[Resolved], dict[str, State], list[str], dict]:
+    """Resolve every stage and decide what to do; raises (before anything runs or is deleted) on
+    an invalid stage, a done stage whose config changed, a run dir this stage did not write, or a
+    deletion giant.safety refuses. → (stages, states, forced names, {stage: folder to delete})."""
     forced = downstream(pipe, force)
     resolved = resolve(pipe)
     errors = [f"stage {r.spec.name}: {r.error}" for r in resolved if r.error]
     if errors:
         raise ConfigError(f"{pipe.path}: " + "\n".join(errors))
-    states = {r.spec.name: State("pending") if r.spec.name in forced else stage_state(r) for r in resolved}
+    states = {r.spec.name: planned_state(r, r.spec.name in forced) for r in resolved}
     bad = [(r, states[r.spec.name]) for r in resolved if states[r.spec.name].status in ("changed", "unrecorded")]
     if bad:
         raise ConfigError(_refusal(pipe, bad))
-    return resolved, states, forced
+    doomed, refused = deletions(pipe, resolved, states, forced)
+    if refused:
+        raise safety.DeletionRefused("\n".join(f"stage {n!r}: {why}" for n, why in refused.items()))
+    return resolved, states, forced, doomed
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.file)
-    resolved, states, forced = prepare(pipe, args.force)
-    for name in forced:
-        run_dir = pipe.stage(name).run_dir
-        if run_dir.exists():
-            out(f"[{name}] --force: deleting {run_dir}")
-            shutil.rmtree(run_dir)
+    resolved, states, forced, doomed = prepare(pipe, args.force)
+    now = [name for name in forced if name in doomed]
+    for name in now:  # the whole list first, then the deletions
+        out(f"[{name}] --force: will delete {doomed[name]}")
+    for name in now:
+        safety.remove_run_dir(pipe.stage(name).run_dir, pipe.name, name, pipe.protected())
     for r in resolved:
         name, st = r.spec.name, states[r.spec.name]
         if st.status == "done":
-            mark_completed(r.spec.run_dir)
-            out(f"[{name}] done, skipped ({r.spec.run_dir})")
+            if not st.reused:  # another pipeline's record is not this one's to write
+                mark_completed(r.spec.run_dir)
+            out(f"[{name}] done, skipped ({r.spec.run_dir})" + (f": {st.note}" if st.reused else ""))
             continue
-        if st.redo and r.spec.run_dir.exists():
-            out(f"[{name}] {st.note} ({'; '.join(st.changed)}): deleting {r.spec.run_dir}")
-            shutil.rmtree(r.spec.run_dir)
+        if st.redo and name in doomed:
+            out(f"[{name}] {st.note} ({'; '.join(st.changed)}): deleting {doomed[name]}")
+            safety.remove_run_dir(r.spec.run_dir, pipe.name, name, pipe.protected())
         out(f"[{name}] {st.label()}: {'resuming' if st.status == 'partial' else 'starting'} {r.spec.kind}")
         rc = launch(r, pipe, args)
         if rc:
@@ -214,13 +241,16 @@ def plan_rows(pipe: Pipeline, args: argparse.Namespace) -> list[dict]:
     forced = downstream(pipe, args.force)
     resolved = resolve(pipe)
     by_name = {r.spec.name: r for r in resolved}
+    states = {r.spec.name: planned_state(r, r.spec.name in forced) for r in resolved}
+    doomed, refused = deletions(pipe, resolved, states, forced)
     rows = []
     for r in resolved:
-        st = State("pending", note="forced: deleted and redone by run --force") \
-            if r.spec.name in forced and not r.error else stage_state(r)
+        st = states[r.spec.name]
         world = _world(r, args)
+        error = r.error or refused.get(r.spec.name)
         row = {"name": r.spec.name, "kind": r.spec.kind, "status": st.status, "label": st.label(),
-               "step": st.step, "changed": st.changed, "note": st.note, "error": r.error,
+               "step": st.step, "changed": st.changed, "note": st.note, "error": error,
+               "delete": str(doomed[r.spec.name]) if r.spec.name in doomed else None,
                "run_dir": str(r.spec.run_dir), "script": r.script, "args": r.args, "hash": r.hash,
                "sbatch": f"launch/slurm/{r.spec.kind}.sbatch", "sbatch_args": r.sbatch_args,
                "forced": r.spec.name in forced or st.redo,  # submit_pipeline.sh clears the run dir
@@ -270,9 +300,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if not text:
                 continue
             out(f"  {r['name']}: {text}")
+    for r in rows:  # what `run` with the same --force (and the redone evaluations) deletes first
+        if r["delete"]:
+            out(f"  {r['name']}: would delete: {r['delete']}")
     out("global batch in clips (videos × repeated clips); train FLOPs = 3 × forward, teacher "
         "forward included for distill; evaluate: views × forward per test video")
+    for line in memory_warnings(pipe, args):
+        out(line)
     return 2 if any(r["error"] for r in rows) else 0
+
+
+def memory_warnings(pipe: Pipeline, args: argparse.Namespace) -> list[str]:
+    """`plan --gpu-mem GiB`: a line for each training stage giant.memory says will not fit."""
+    if not getattr(args, "gpu_mem", None):
+        return []
+    from giant.memory import KINDS, fit_warning, stage_from_config
+    from giant.stages.pipeline import _input_model
+
+    resolved = resolve(pipe)
+    by_name = {r.spec.name: r for r in resolved}
+    lines = []
+    for r in resolved:
+        if r.cfg is None or r.error or r.spec.kind not in KINDS:
+            continue
+        source = r.spec.inputs.get("teacher") if r.spec.kind == "distill" else None
+        try:
+            teacher = _input_model(source, by_name) if source else None
+            stage = stage_from_config(r.cfg, r.spec.kind, _world(r, args), teacher=teacher)
+            warning = fit_warning(stage, args.gpu_mem)
+        except GiantError as exc:
+            warning = f"memory not estimated: {exc}"
+        if warning:
+            lines.append(f"  {r.spec.name}: {warning}")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -298,7 +358,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="giant pipeline", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="giant pipeline", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="launch every stage that is not done, in order")
     plan = sub.add_parser("plan", help="dry run: each stage's status, world size, batch, lr, steps, FLOPs")
@@ -306,14 +366,16 @@ def _parser() -> argparse.ArgumentParser:
     for q in (run, plan, status):
         q.add_argument("file", help="pipeline YAML (launch/pipelines/*.yaml)")
     for q in (run, plan):
-        q.add_argument("--nproc", type=int, default=None,
+        q.add_argument("--nproc", type=positive_int, default=None,
                        help="ranks per stage (default: each stage's `gpus` in the file; python: 1)")
         q.add_argument("--force", action="append", default=[], metavar="STAGE",
-                       help="redo STAGE and every stage after it (their run dirs are deleted first)")
+                       help="redo STAGE and every stage after it: their run dirs are deleted first, "
+                            "only where their pipeline_stage.json names this pipeline and stage"
+                            + (" (plan: lists them, deletes nothing)" if q is plan else ""))
     run.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
                      help="deepspeed --num_gpus N | torchrun (python -m torch.distributed.run) | srun "
                           "(inside a Slurm allocation, one task per GPU) | python (one rank)")
-    run.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one per stage)")
+    run.add_argument("--master-port", type=positive_int, default=None, help="rendezvous port (default: a free one per stage)")
     run.add_argument("--json", default=None, help="where the final status table is written (default ROOT/status.json)")
     plan.add_argument("--json", action="store_true",
                       help="print one JSON object (launch/slurm/submit_pipeline.sh reads it)")
@@ -321,12 +383,29 @@ def _parser() -> argparse.ArgumentParser:
                       help="skip the FLOPs estimate, which imports the model code (submit_pipeline.sh)")
     plan.add_argument("--gpu-tflops", type=float, default=None,
                       help="achieved TFLOP/s per GPU: adds an estimated GPU-hours column")
+    plan.add_argument("--gpu-mem", type=float, default=None, metavar="GiB",
+                      help="GPU memory (nvidia-smi's total / 1024; 79.6 for 80 GB): warn about stages "
+                           "that will not fit (giant memory --recipe R for the breakdown)")
     status.add_argument("--json", default=None, help="output JSON path (default: ROOT/status.json)")
     return p
 
 
+def check_launcher(launcher: str) -> None:
+    """A launcher binary that is not there is one line before anything is planned or written
+    (python and torchrun are this interpreter)."""
+    if launcher not in ("srun", "deepspeed"):
+        return
+    if shutil.which(launcher) or (launcher == "deepspeed" and (Path(sys.executable).parent / "deepspeed").is_file()):
+        return
+    fix = ("run inside a Slurm allocation, or pick --launcher deepspeed, torchrun or python" if launcher == "srun"
+           else "pip install deepspeed, or pick --launcher torchrun or python")
+    raise ConfigError(f"--launcher {launcher}: {launcher} is not on PATH ({fix})")
+
+
 def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "run":
+        check_launcher(args.launcher)
     return {"run": cmd_run, "plan": cmd_plan, "status": cmd_status}[args.cmd](args)
 
 

@@ -10,6 +10,7 @@
 # stage that already has a queued or running job (it depends on that job instead), and refuses
 # when a finished stage's config changed (--force STAGE redoes it and every stage after it).
 set -euo pipefail
+SUBMIT_DIR=$PWD  # never deleted, like the checkout: giant.safety's rule
 GIANT_ROOT=${GIANT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cd "$GIANT_ROOT"
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -32,30 +33,43 @@ rc=0
 "$PY" -m giant.cli pipeline plan "$PIPELINE" --json --no-flops "${PLAN_OPTS[@]}" > "$plan" || rc=$?
 [ -s "$plan" ] || exit $((rc ? rc : 2))   # the pipeline file itself is wrong: giant said why
 # One line per stage (fields separated by \x1f, so an empty field stays a field; arguments
-# shell-quoted). Stages to redo (--force)
-# lose their run dir; every submitted stage gets RUN_DIR/pipeline_stage.json, the config record
-# a later `giant pipeline plan` compares against.
-"$PY" - "$plan" > "$lines" <<'PY'
-import json, shlex, shutil, sys, time
+# shell-quoted). Stages to redo (--force) lose their run dir, only by giant.safety's rule (the
+# plan has checked it for every stage before anything is deleted); every submitted stage gets
+# RUN_DIR/pipeline_stage.json, the config record a later `giant pipeline plan` compares against.
+"$PY" - "$plan" "$SUBMIT_DIR" > "$lines" <<'PY'
+import json, shlex, sys, time
 from pathlib import Path
 
+from giant import safety
+from giant.errors import GiantError
+
 plan = json.load(open(sys.argv[1]))
+protect = [plan["root"], plan["file"], sys.argv[2]]
 bad = [s for s in plan["stages"] if s["error"] or s["status"] in ("changed", "unrecorded")]
 for s in bad:
     why = s["error"] or s["note"] or "; ".join(s["changed"])
     print(f"submit_pipeline.sh: stage {s['name']}: {s['status'] if not s['error'] else 'error'}: {why}",
           file=sys.stderr)
 if bad:
-    print("submit_pipeline.sh: nothing submitted; fix the stages above or re-submit with --force STAGE",
-          file=sys.stderr)
+    print("submit_pipeline.sh: nothing submitted or deleted; fix the stages above (a changed one: "
+          "re-submit with --force STAGE to redo it)", file=sys.stderr)
     sys.exit(2)
+for s in plan["stages"]:
+    if s["forced"]:
+        try:
+            safety.check_run_dir(s["run_dir"], plan["pipeline"], s["name"], protect)
+        except GiantError as exc:
+            sys.exit(f"submit_pipeline.sh: stage {s['name']}: {exc}; nothing deleted or submitted")
+for s in plan["stages"]:
+    if s["delete"]:
+        print(f"submit_pipeline.sh: stage {s['name']}: deleting {s['delete']}", file=sys.stderr)
 for s in plan["stages"]:
     run_dir = Path(s["run_dir"])
     if s["status"] == "done":
         print("\x1f".join([s["name"], "done", str(run_dir)]))
         continue
-    if s["forced"] and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if s["forced"]:
+        safety.remove_run_dir(run_dir, plan["pipeline"], s["name"], protect)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = run_dir / "pipeline_stage.json"
     old = json.loads(record.read_text()) if record.is_file() else {}

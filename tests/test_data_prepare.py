@@ -288,6 +288,69 @@ def test_unreadable_files_are_listed_and_the_rest_finishes(synth_videos, corrupt
     assert len(read_manifest(tmp_path / "out" / "m.csv")) == 4
 
 
+# ---- writes stay inside OUT_DIR/videos ------------------------------------------------------
+
+def test_outputs_outside_out_dir_or_on_their_source_are_counted_failures(synth_videos, tmp_path,
+                                                                          capsys):
+    """`../` and an absolute path with `..` keep the input layout, which would land outside
+    OUT_DIR/videos (here: on the source itself, or beside it): listed failures, nothing written."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "data" / "lists").mkdir(parents=True)
+    for name, video in (("v.mp4", 0), ("w.mp4", 1)):
+        shutil.copy(synth_videos.videos[video], tmp_path / "src" / name)
+    shutil.copy(synth_videos.videos[2], tmp_path / "data" / "lists" / "ok.mp4")
+    originals = {p: p.read_bytes() for p in (tmp_path / "src").iterdir()}
+    manifest = tmp_path / "data" / "lists" / "m.csv"
+    manifest.write_text(f"path,label\n../../src/v.mp4,0\n{tmp_path}/data/lists/../../src/w.mp4,1\n"
+                        "ok.mp4,2\n")
+    for out, why in ((tmp_path / "data", "is the source file itself"),
+                     (tmp_path / "data" / "sub", "would fall outside")):
+        assert main(["prepare", str(manifest), str(out), "--workers", "0"]) == 1
+        captured = capsys.readouterr()
+        listed = [line for line in captured.out.splitlines() if "nothing written" in line]
+        assert [line.rsplit("[", 1)[1] for line in listed] == [f"{manifest}:2]", f"{manifest}:3]"]
+        assert all(why in line for line in listed)
+        assert "1 prepared, 0 already done, 2 failed of 3 files" in captured.err
+        report = json.loads((out / "prepare_report.json").read_text())
+        assert report["failed"] == 2 and [f["where"] for f in report["failures"]] == \
+            [f"{manifest}:2", f"{manifest}:3"]
+        assert [Path(e.path).name for e in read_manifest(out / "m.csv")] == ["ok.mp4"]
+        assert {p: p.read_bytes() for p in (tmp_path / "src").iterdir()} == originals
+    assert not (tmp_path / "data" / "src").exists()  # data/sub/videos/../../src: nothing there
+    assert sorted(p.name for p in (tmp_path / "data" / "sub").rglob("*.mp4")) == ["ok.mp4"]
+
+
+def test_a_symlinked_output_folder_cannot_reach_the_sources(synth_videos, tmp_path):
+    manifest = _copy_videos(synth_videos, tmp_path / "src", 2)
+    originals = {p.name: p.read_bytes() for p in (tmp_path / "src").glob("*.mp4")}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "videos").symlink_to(tmp_path / "src")  # out/videos/x.mp4 IS src/x.mp4
+    report = prepare(manifest, tmp_path / "out", workers=0)
+    assert (report["prepared"], report["failed"]) == (0, 2)
+    assert all("is the source file itself" in f["reason"] for f in report["failures"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "src").glob("*.mp4")} == originals
+    # a link inside OUT_DIR/videos that leads out of it: refused too, the target left alone
+    (tmp_path / "src2" / "sub").mkdir(parents=True)
+    shutil.copy(synth_videos.videos[0], tmp_path / "src2" / "sub" / "a.mp4")
+    (tmp_path / "src2" / "m.csv").write_text("path,label\nsub/a.mp4,0\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("mine")
+    (tmp_path / "out2" / "videos").mkdir(parents=True)
+    (tmp_path / "out2" / "videos" / "sub").symlink_to(tmp_path / "elsewhere")
+    report = prepare(tmp_path / "src2" / "m.csv", tmp_path / "out2", workers=0)
+    assert report["failed"] == 1 and "would fall outside" in report["failures"][0]["reason"]
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["keep.txt"]
+
+
+def test_the_written_manifest_never_replaces_the_input(synth_videos, tmp_path):
+    manifest = _copy_videos(synth_videos, tmp_path / "src", 1)
+    before = manifest.read_text()
+    with pytest.raises(DataError, match="would be written over the input manifest m.csv"):
+        prepare(manifest, tmp_path / "src", workers=0)
+    assert manifest.read_text() == before
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted([manifest.name, synth_videos.videos[0].name])
+
+
 # ---- training input --------------------------------------------------------------------------
 
 def test_prepared_set_gives_the_same_training_clips(synth_videos, tmp_path):

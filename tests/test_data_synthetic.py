@@ -2,6 +2,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 from giant.data.decode import open_video
 from giant.data.synthetic import DIRECTIONS, render_video, write_synthetic_set
@@ -161,8 +162,50 @@ def test_synth_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
     from giant.data.cli import main
 
     for option, value, named in (("--label-noise", "1.5", "--label-noise"), ("--classes", "9", "--classes"),
-                                 ("--height", "33", "--height")):
+                                 ("--height", "33", "--height"), ("--num-videos", "-1", "--num-videos"),
+                                 ("--num-videos", "0", "--num-videos"), ("--frames", "0", "--frames"),
+                                 ("--fps", "0", "--fps"), ("--gop", "0", "--gop"), ("--width", "0", "--width"),
+                                 ("--val-fraction", "1.5", "--val-fraction"), ("--crf", "99", "--crf")):
         assert main(["synth", str(tmp_path / "out"), option, value]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and named in err and "Traceback" not in err
+        assert err.startswith("giant data synth: error: ") and named in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_synth_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    from giant.data.cli import main
+
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "train.csv").write_text("path,label\nmy.mp4,0\n")  # a name synth would write over
+    assert main(["synth", str(out), "--num-videos", "2", "--frames", "4", "--height", "16", "--width", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} already holds files giant data synth did not write" in err
+    assert "notes.txt" in err and "train.csv" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train.csv"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "train.csv").read_text() == "path,label\nmy.mp4,0\n"
+    linked = tmp_path / "linked"  # videos/ a link to someone's folder: writing would land there
+    (linked).mkdir()
+    (tmp_path / "theirs").mkdir()
+    (linked / "videos").symlink_to(tmp_path / "theirs")
+    assert main(["synth", str(linked), "--num-videos", "2", "--frames", "4", "--height", "16", "--width", "16"]) == 2
+    assert "(videos)" in capsys.readouterr().err and not list((tmp_path / "theirs").iterdir())
+    (tmp_path / "file").write_text("x")
+    assert main(["synth", str(tmp_path / "file"), "--num-videos", "2"]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+
+
+def test_synth_writes_again_over_its_own_output(tmp_path):
+    """A re-run (another size, with or without label noise) replaces what synth wrote; what the
+    earlier run wrote and this one does not stays synth's, so a third run is accepted too."""
+    out = tmp_path / "data"
+    first = write_synthetic_set(out, num_videos=4, num_frames=4, height=16, width=16, label_noise=0.5)
+    assert first.clean_train_manifest.is_file() and (out / "synth.json").is_file()
+    again = write_synthetic_set(out, num_videos=2, num_frames=4, height=16, width=16, seed=1)
+    assert not (out / "train_clean.csv").exists() and len(again.videos) == 2
+    write_synthetic_set(out, num_videos=3, num_frames=4, height=16, width=16)  # 00003.mp4 from run 1
+    assert sorted(p.name for p in (out / "videos").iterdir()) == [f"{i:05d}.mp4" for i in range(4)]
+    (out / "stamp").touch()  # anything else makes it someone else's folder again
+    with pytest.raises(ConfigError, match=r"did not write \(stamp\)"):
+        write_synthetic_set(out, num_videos=2, num_frames=4, height=16, width=16)

@@ -176,6 +176,64 @@ def test_untrusted_pickle_is_refused_with_the_fix(parity, tmp_path):
     _check_fixture(state, info, parity)
 
 
+class _Planted:  # unpickled unrestricted, it would create a folder: proof that code ran
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def _loads(monkeypatch) -> list:
+    """Record the weights_only argument of every torch.load."""
+    calls, real = [], torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_trust_pickle_unpickles_unrestricted_only_what_needs_it(parity, tmp_path, monkeypatch):
+    torch.save({"model": parity["finetune_state_dict"], "args": argparse.Namespace(num_frames=8)},
+               tmp_path / "plain.pth")
+    calls = _loads(monkeypatch)
+    load_any(tmp_path / "plain.pth", {"img_size": 64}, trust_pickle=True)
+    assert calls == [True]  # the flag does not unpickle a file weights_only reads
+    marker = tmp_path / "ran"
+    torch.save({"model": parity["finetune_state_dict"], "x": _Planted(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_any(tmp_path / "evil.pth", GEOM)
+    assert "posix.mkdir" in str(err.value) and "--trust-pickle" in str(err.value)
+    assert not marker.exists()
+
+
+def test_legacy_format_pickles_are_told_apart_too(parity, tmp_path):
+    """torch.save's pre-zip format: a refused type is named (needs trust), not 'damaged'."""
+    torch.save({"model": parity["finetune_state_dict"], "extra": _Opaque()}, tmp_path / "old.pth",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"holds Python objects beyond tensors \(.*_Opaque\)"):
+        load_any(tmp_path / "old.pth", GEOM)
+    state, info, _ = load_any(tmp_path / "old.pth", GEOM, trust_pickle=True)
+    _check_fixture(state, info, parity)
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-maest"])
+@pytest.mark.parametrize("trust", [False, True])
+def test_random_bytes_are_one_line_not_a_checkpoint(command, trust, tmp_path, capsys):
+    src = tmp_path / "random_bytes.pth"
+    src.write_bytes(bytes(range(256)) * 40)
+    argv = [command, str(src), str(tmp_path / "out")] + (["--trust-pickle"] if trust else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Python objects" not in err
+    assert err.startswith(f"giant {command}: error: {src}: is not a PyTorch checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mismatched_keys_one_message_with_offenders_and_model(parity, tmp_path):
     sd = dict(parity["finetune_state_dict"])
     sd["blocks.0.gamma_1"] = torch.ones(96)

@@ -122,7 +122,7 @@ def test_convert_an_official_checkpoint_file(ref, tmp_path):
     assert info["kind"] == "pretrain" and info["model"]["arch"] == "maest"
     MAESTAutoencoder(ModelConfig(**info["model"])).load_state_dict(state, strict=True)
     (tmp_path / "junk.pyth").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception, match="junk.pyth: not a readable MAE-ST checkpoint"):
+    with pytest.raises(Exception, match="junk.pyth: is not a PyTorch checkpoint"):
         interop.read_official(tmp_path / "junk.pyth")
 
 

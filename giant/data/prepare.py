@@ -14,6 +14,7 @@ cannot be read is listed with its reason in the report and on the console, never
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import os
@@ -190,12 +191,13 @@ class _Source:
     base: Path  # what relative paths resolved against: the output keeps that layout
     spec: dict | None = None  # the sources-YAML entry (None for a plain manifest)
     name: str = ""
+    manifest: Path | None = None  # the list it was read from (never written over)
 
 
 def _read_input(src: Path, root: str, list_format: str) -> list[_Source]:
     if src.suffix.lower() not in (".yaml", ".yml"):
         entries = read_manifest(src, root, list_format)
-        return [_Source(entries, Path(root).expanduser() if root else src.parent)]
+        return [_Source(entries, Path(root).expanduser() if root else src.parent, manifest=src)]
     load_entries(src, root, weighted=False)  # validates the whole file, with its messages
     doc = yaml.safe_load(src.read_text(encoding=MANIFEST_ENCODING))
     sources, names = [], set()
@@ -212,33 +214,71 @@ def _read_input(src: Path, root: str, list_format: str) -> list[_Source]:
         names.add(safe)
         # the name is written out even where the input left it implicit (the manifest's stem):
         # the new manifest is <folder name>.csv, whose stem may differ
-        sources.append(_Source(entries, base, {"name": name, **spec}, safe))
+        sources.append(_Source(entries, base, {"name": name, **spec}, safe, manifest))
     return sources
 
 
-def _plan(sources: list[_Source], out_dir: Path) -> tuple[dict, list[Job]]:
+def _destination(path: Path, base: Path, folder: Path) -> Path:
+    """Same layout as the input under `folder`; absolute paths outside `base` under _abs/.
+    Normalised, not resolved: a '..' that climbs out shows (and is refused by _refusal)."""
+    rel = path.relative_to(base) if path.is_relative_to(base) else Path("_abs", *path.parts[1:])
+    return Path(os.path.normpath(folder / rel.with_suffix(".mp4")))
+
+
+def _refusal(src: str, dst: Path, videos: Path) -> str | None:
+    """Why writing `dst` is refused (symlinks followed): it falls outside OUT_DIR/videos, or it is
+    the source itself (a re-encode would replace the original in place). None if it is fine."""
+    real, inside = Path(os.path.realpath(dst)), Path(os.path.realpath(videos))
+    if real == Path(os.path.realpath(src)):
+        return (f"its output {dst} is the source file itself; nothing written (choose an OUT_DIR "
+                "that does not hold the source videos)")
+    if not real.is_relative_to(inside) or real == inside:
+        return (f"its output {dst} would fall outside {videos} (the path climbs out with '..' or "
+                "through a symlink); nothing written (list the video by its absolute path, or pass "
+                "--root a folder above it)")
+    return None
+
+
+def _plan(sources: list[_Source], out_dir: Path) -> tuple[dict, list[Job], list[dict]]:
     """src path → output path for every distinct video file; frame folders are kept as they
-    are (they already decode without a GOP). Same layout as the input, under OUT_DIR/videos."""
+    are (they already decode without a GOP). Same layout as the input, under OUT_DIR/videos.
+    A file whose output would leave OUT_DIR/videos or be the source is a failure row instead."""
     mapping: dict = {}
     taken: set = set()
-    jobs = []
+    jobs, refused, seen = [], [], set()
+    videos = out_dir / "videos"
     for source in sources:
-        folder = out_dir / "videos" / source.name
+        folder = videos / source.name
         for entry in source.entries:
-            if entry.path in mapping or Path(entry.path).is_dir():
+            if entry.path in seen or Path(entry.path).is_dir():
                 continue
+            seen.add(entry.path)
             path = Path(entry.path)
-            rel = path.relative_to(source.base) if path.is_relative_to(source.base) \
-                else Path("_abs", *path.parts[1:])
-            dst = folder / rel.with_suffix(".mp4")
+            dst = _destination(path, source.base, folder)
             if str(dst) in taken:  # a.mkv next to a.mp4
                 dst = dst.with_name(f"{path.name}.mp4")
             if str(dst) in taken:
                 dst = dst.with_name(f"{path.name}.{len(jobs)}.mp4")
+            reason = _refusal(entry.path, dst, videos)
+            if reason:
+                refused.append({"src": entry.path, "dst": str(dst), "where": entry.where,
+                                "status": "failed", "reason": reason})
+                continue
             taken.add(str(dst))
             mapping[entry.path] = str(dst)
             jobs.append(Job(entry.path, str(dst), entry.where))
-    return mapping, jobs
+    return mapping, jobs, refused
+
+
+def _check_inputs_kept(out_dir: Path, src: Path, sources: list[_Source]) -> None:
+    """The manifests prepare writes must not replace the lists it reads."""
+    written = [out_dir / (f"{src.stem}.csv" if sources[0].spec is None else src.name),
+               *(out_dir / f"{s.name}.csv" for s in sources if s.spec is not None)]
+    read = {os.path.realpath(p) for p in [src, *(s.manifest for s in sources if s.manifest)]}
+    for path in written:
+        if os.path.realpath(path) in read:
+            raise DataError(f"{path} would be written over the input manifest {path.name}; choose "
+                            "an OUT_DIR that does not hold the input lists")
 
 
 def _check_settings(out_dir: Path, settings: PrepareSettings) -> None:
@@ -343,13 +383,14 @@ def prepare(src_manifest: str | Path, out_dir: str | Path,
         raise DataError(f"--short-side {settings.short_side} must be >= 2 and --keyframe-seconds "
                         f"{settings.keyframe_seconds} > 0")
     sources = _read_input(src, root, list_format)
+    _check_inputs_kept(out_dir, src, sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, settings)
     codec = pick_encoder(settings.codec)
     if codec != settings.codec:
         log.warning("encoder %s is not in this PyAV build; using %s (files get larger and decode "
                     "slower; pip install av for a build with libx264)", settings.codec, codec)
-    mapping, jobs = _plan(sources, out_dir)
+    mapping, jobs, refused = _plan(sources, out_dir)
     counts = dict.fromkeys(("prepared", "skipped", "failed"), 0)
     size = {"bytes_before": 0, "bytes_after": 0}
     failures, failed = [], set()
@@ -358,7 +399,7 @@ def prepare(src_manifest: str | Path, out_dir: str | Path,
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, FILE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for n, row in enumerate(_rows(jobs, settings, codec, workers), 1):
+        for n, row in enumerate(itertools.chain(refused, _rows(jobs, settings, codec, workers)), 1):
             writer.writerow(row)
             counts[row["status"]] += 1
             if row["status"] == "failed":
@@ -369,14 +410,16 @@ def prepare(src_manifest: str | Path, out_dir: str | Path,
                     size[key] += row.get(key) or 0
             if time.perf_counter() - last_log > 30:
                 last_log = time.perf_counter()
-                log.info("prepare: %d/%d files (%d failed)", n, len(jobs), counts["failed"])
+                log.info("prepare: %d/%d files (%d failed)", n, len(jobs) + len(refused),
+                         counts["failed"])
     os.replace(table, out_dir / FILES_TABLE)
     manifest = _write_outputs(src, out_dir, sources, mapping, failed)
     entries = sum(len(s.entries) for s in sources)
     report = {"source": str(src), "manifest": str(manifest), "settings": asdict(settings),
-              "encoder": codec, "entries": entries, "files": len(jobs),
+              "encoder": codec, "entries": entries, "files": len(jobs) + len(refused),
               "frame_folders_kept": sum(1 for s in sources for e in s.entries
-                                        if e.path not in mapping), **counts, **size,
+                                        if e.path not in mapping and e.path not in failed),
+              **counts, **size,
               "entries_left_out": sum(1 for s in sources for e in s.entries if e.path in failed),
               "seconds": round(time.perf_counter() - start, 2), "failures": failures}
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")

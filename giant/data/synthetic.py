@@ -7,7 +7,9 @@ single frame predicts it. Everything is drawn from one seed: same seed, same pix
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from giant.data.manifest import VideoEntry, write_manifest
 from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+RECORD = "synth.json"  # what synth wrote into a folder: the files it may write over on a re-run
 
 # (dx, dy) per class; the first `num_classes` are used.
 DIRECTIONS = {
@@ -260,6 +264,68 @@ def _write_manifest(path: Path, rows: list[tuple[str, int]]) -> None:
     write_manifest(path, [VideoEntry(rel, label, "synthetic") for rel, label in rows])
 
 
+def _check_options(num_videos: int, num_frames: int, height: int, width: int, num_classes: int,
+                   fps: int, gop: int | None, val_fraction: float, style: str, crf: int) -> None:
+    """Every option checked before anything is written (one error naming the option)."""
+    bad = [(num_videos < 1, f"num_videos (--num-videos) must be >= 1, got {num_videos}"),
+           (num_frames < 1, f"num_frames (--frames) must be >= 1, got {num_frames}"),
+           (fps < 1, f"fps (--fps) must be >= 1, got {fps}"),
+           (gop is not None and gop < 1, f"gop (--gop) must be >= 1, got {gop}"),
+           (not 0 <= val_fraction <= 1,
+            f"val_fraction (--val-fraction) must be in [0, 1], got {val_fraction}"),
+           (not 0 <= crf <= 51, f"crf (--crf) must be in 0..51, got {crf}"),
+           (style not in STYLES, f"style (--style) must be one of {list(STYLES)}, got {style!r}"),
+           (not 1 <= num_classes <= len(DIRECTIONS),
+            f"num_classes (--classes) must be in 1..{len(DIRECTIONS)}, got {num_classes}"),
+           (height < 2 or width < 2 or height % 2 or width % 2,
+            "height and width (--height, --width) must be even and >= 2 for yuv420p, "
+            f"got {height}x{width}")]
+    for failed, message in bad:
+        if failed:
+            raise ConfigError(message)
+
+
+def _foreign_files(out: Path, ours: set, limit: int = 4) -> list[str]:
+    """Up to `limit` paths under `out` (relative) that synth did not write: files not in its
+    record, and any symlink (synth makes none; writing through one lands elsewhere)."""
+    found = []
+    for folder, dirs, files in os.walk(out):
+        here = Path(folder)
+        for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
+            rel = (here / name).relative_to(out).as_posix()
+            if rel != RECORD and (rel not in ours or (here / name).is_symlink()):
+                found.append(rel)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def claim_folder(out: Path, planned: list[str]) -> None:
+    """Refuse a folder holding files synth did not write (they would be mixed with, or written
+    over by, the new set); else record `planned` as synth's, before any video is written, so a
+    re-run (or one after a crash) may write over them."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; giant data synth writes into a folder (give a new or "
+                          "empty one)")
+    ours: set = set()
+    record = out / RECORD
+    if record.is_file():
+        try:
+            ours = set(json.loads(record.read_text())["files"])
+        except (ValueError, KeyError, TypeError):
+            ours = set()  # not synth's record: every file counts as someone else's
+    foreign = _foreign_files(out, ours) if out.is_dir() else []
+    if foreign:
+        more = ", ..." if len(foreign) > 3 else ""
+        raise ConfigError(f"{out} already holds files giant data synth did not write "
+                          f"({', '.join(foreign[:3])}{more}); write into a new or empty folder, or "
+                          "move those files away")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{RECORD}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"files": sorted(ours | set(planned))}, indent=0) + "\n")
+    os.replace(tmp, record)
+
+
 def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: int = 32,
                         height: int = 64, width: int = 64, num_classes: int = 4, seed: int = 0,
                         val_fraction: float = 0.25, fps: int = 25, gop: int | None = None,
@@ -271,12 +337,8 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
     label_noise: the fraction of train.csv rows given a wrong label, as annotated datasets have
     (val.csv stays true; train_clean.csv keeps the true train labels). A teacher that does not
     memorise them then knows more than the labels, which is what distillation passes on."""
-    if style not in STYLES:
-        raise ConfigError(f"style (--style) must be one of {list(STYLES)}, got {style!r}")
-    if not 1 <= num_classes <= len(DIRECTIONS):
-        raise ConfigError(f"num_classes (--classes) must be in 1..{len(DIRECTIONS)}, got {num_classes}")
-    if height % 2 or width % 2:
-        raise ConfigError(f"height and width (--height, --width) must be even for yuv420p, got {height}x{width}")
+    _check_options(num_videos, num_frames, height, width, num_classes, fps, gop, val_fraction, style,
+                   crf)
     rng = np.random.default_rng(seed)
     labels = [int(y) for y in rng.permutation(np.arange(num_videos) % num_classes)]
     is_val = _split(labels, val_fraction)
@@ -284,6 +346,8 @@ def write_synthetic_set(out_dir: str | Path, num_videos: int = 24, num_frames: i
     given = [labels[i] for i in train]  # what train.csv says
     wrong = [train[j] for j in mislabel(given, label_noise, num_classes, seed)]  # before any video
     out = Path(out_dir)
+    claim_folder(out, [f"videos/{i:05d}.mp4" for i in range(num_videos)]
+                 + ["train.csv", "val.csv", "train_clean.csv", "classes.txt"])
     (out / "videos").mkdir(parents=True, exist_ok=True)
     names = list(DIRECTIONS)[:num_classes]
     codec = codec or pick_codec()

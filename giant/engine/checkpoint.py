@@ -29,12 +29,12 @@ carries the `universal_checkpoint_info` DeepSpeed's converter asks for.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -46,7 +46,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from giant.errors import CheckpointError, ConfigError
+from giant.console import ArgumentParser
+from giant.engine import safe_load
+from giant.errors import CheckpointError, ConfigError, GiantError
+from giant.safety import CHECKPOINT_NAMES, remove_checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +89,50 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This rank's generators in plain types (tensors, numbers, tuples), so the file loads with
+    weights_only=True. CUDA: the current device's generator only, the one this rank draws from
+    (every visible device's made a resume fail when the ranks see other devices)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state(); also reads the older files (numpy's ndarray state, and a list with
+    every visible device's CUDA state: this rank's device's is used when the same number of
+    devices is visible, else the fresh per-rank seeds stay)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32) if torch.is_tensor(keys) else keys, *rest))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if torch.is_tensor(cuda):
+        torch.cuda.set_rng_state(cuda)
+    elif len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state(cuda[torch.cuda.current_device()])
+    else:
+        log.info("the checkpoint's CUDA RNG states are of %d devices, this rank sees %d: it keeps its "
+                 "fresh per-rank seed", len(cuda), torch.cuda.device_count())
+
+
+def _numpy_rng_globals() -> list:
+    """What an older rng file pickled numpy's state with (an ndarray of uint32)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_rng_state(path: Path) -> dict:
+    """An rng_rank*.pt file, weights-only (numpy's array types allowed for the older format)."""
+    with torch.serialization.safe_globals(_numpy_rng_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -199,8 +234,7 @@ class CheckpointManager:
         t0 = time.time()
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():  # leftover of a crashed save
-                shutil.rmtree(tmp)
+            remove_checkpoint_dir(tmp)  # leftover of a crashed save
         _barrier()
         client_state = {**client_state, **universal_info()}
         engine.save_checkpoint(str(self.root), tag=tmp.name, client_state=client_state, save_latest=False)
@@ -212,7 +246,7 @@ class CheckpointManager:
             if final.exists():  # re-saving a step (e.g. after resuming from it): replace
                 trash = self.root / f".old_{tag}"
                 os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                _discard(trash)
             os.rename(tmp, final)
             _fsync_write(self.root / LATEST, tag)
             self._prune(keep=tag)
@@ -224,11 +258,12 @@ class CheckpointManager:
         found = [t for _, t in list_checkpoints(self.root)]
         for tag in found[:-self.keep_last]:
             if tag != keep:
-                shutil.rmtree(self.root / tag, ignore_errors=True)
-        # abandoned partial saves, and replaced copies a crash left behind mid-re-save
+                _discard(self.root / tag)
+        # abandoned partial saves, and replaced copies a crash left behind mid-re-save (giant's
+        # names only: anything else in checkpoints/ is not giant's to delete)
         for d in [*self.root.glob(".tmp_*"), *self.root.glob(".old_*")]:
-            if d.name != f".tmp_{keep}":
-                shutil.rmtree(d, ignore_errors=True)
+            if d.name != f".tmp_{keep}" and CHECKPOINT_NAMES.match(d.name):
+                _discard(d)
 
     # ------------------------------------------------------------------------- resume
     def find(self, resume: str) -> Optional[tuple[Path, str]]:
@@ -237,9 +272,36 @@ class CheckpointManager:
         auto / a run dir: the newest complete checkpoint whose files are intact; a damaged one
         (truncated by a storage fault after it was committed) is skipped with a warning, so an
         auto-requeued run falls back instead of failing on every requeue. An explicit step_*
-        dir must be intact."""
+        dir must be intact.
+
+        Collective under a process group of several ranks: rank 0 chooses and broadcasts its
+        answer (or its error), so the other ranks open no checkpoint file (not world × files
+        opens) and every rank resumes the same tag even when a network filesystem shows the
+        ranks different listings."""
         if resume == "never":
             return None
+        if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+            return self._choose(resume)
+        answer: list = [None]
+        error: Optional[BaseException] = None
+        if _rank() == 0:
+            try:
+                answer = [("ok", self._choose(resume))]
+            except Exception as exc:  # the peers wait in the broadcast: they must hear of it too
+                error = exc
+                said = str(exc) if isinstance(exc, CheckpointError) else \
+                    f"rank 0 could not choose the checkpoint to resume ({type(exc).__name__}: {exc})"
+                answer = [("error", said)]
+        torch.distributed.broadcast_object_list(answer, src=0)
+        if error is not None:
+            raise error
+        kind, value = answer[0]
+        if kind == "error":
+            raise CheckpointError(value)
+        return value
+
+    def _choose(self, resume: str) -> Optional[tuple[Path, str]]:
+        """find()'s choice, made from this rank's view of the filesystem."""
         path = Path(resume)
         if resume != "auto" and (path / META).is_file():  # a tag directory: exactly that one
             damage = verify_files(path)
@@ -289,7 +351,7 @@ class CheckpointManager:
         if rng_file.is_file() and not reshard:
             # on another world size rank r's stream would belong to different samples: keep
             # the fresh per-rank seeds (data order and augmentation do not depend on them)
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(read_rng_state(rng_file))
         if reshard:
             log.info("resumed from %s (step %d): written by %d ranks with ZeRO-%d, re-sharded onto %d "
                      "ranks with ZeRO-%d", root / tag, meta["step"], meta["world_size"],
@@ -297,6 +359,15 @@ class CheckpointManager:
         else:
             log.info("resumed from %s (step %d)", root / tag, meta["step"])
         return client
+
+
+def _discard(path: Path) -> None:
+    """Prune under giant.safety's rule; a refused or failed deletion leaves the folder and warns
+    (the checkpoint just written is safe either way, so training goes on)."""
+    try:
+        remove_checkpoint_dir(path, ignore_errors=True)
+    except GiantError as exc:
+        log.warning("%s", exc)
 
 
 def check_compatible(meta: dict, expect: dict, where: Path) -> None:
@@ -353,14 +424,15 @@ def universal_info() -> dict:
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
-def convert_universal(root: Path, tag: str) -> Path:
-    """root/tag → root/tag/universal (once; temp dir + rename, so a crash mid-way is redone)."""
+def convert_universal(root: Path, tag: str, trust_pickle: bool = False) -> Path:
+    """root/tag → root/tag/universal (once; temp dir + rename, so a crash mid-way is redone).
+    Weights-only unless `trust_pickle` (a resume, which unpickles the run dir anyway)."""
     src, dst = root / tag, root / tag / UNIVERSAL
     if (dst / "zero").is_dir():
         return dst
     tmp, failed = root / tag / f".tmp_{UNIVERSAL}", root / tag / f".failed_{UNIVERSAL}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    failed.unlink(missing_ok=True)
+    remove_checkpoint_dir(tmp, ignore_errors=True)
+    remove_checkpoint_dir(failed, ignore_errors=True)
     need = sum(f.stat().st_size for f in src.glob("*.pt"))  # the copy is about as large
     free = shutil.disk_usage(src).free
     if free < need:
@@ -369,12 +441,13 @@ def convert_universal(root: Path, tag: str) -> Path:
         with contextlib.suppress(OSError):
             _fsync_write(failed, msg)
         raise CheckpointError(msg)
+    safe_load.check_files(sorted(src.glob("*_states.pt")), safe_load.deepspeed_types(), trust_pickle)
     t0 = time.time()
     log.info("%s: converting to a universal checkpoint (world-size and ZeRO-stage free)", src)
     try:
-        _ds_to_universal(src, tmp)
+        _ds_to_universal(src, tmp, trust_pickle)
     except Exception as exc:  # its asserts and I/O errors: one line naming the checkpoint
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_checkpoint_dir(tmp, ignore_errors=True)
         msg = (f"{src}: converting to a universal checkpoint failed ({type(exc).__name__}: {exc}); "
                "relaunch with the world size and ZeRO config that wrote it")
         with contextlib.suppress(OSError):  # e.g. a read-only checkpoint dir: the launcher ends the peers
@@ -392,10 +465,10 @@ def prepare_universal(root: Path, tag: str, poll_s: float = 2.0, wait_s: float =
     dst, failed = root / tag / UNIVERSAL, root / tag / f".failed_{UNIVERSAL}"
     first = (_rank() if rank is None else rank) == 0
     if first:  # a marker from an earlier failed attempt must not stop the peers this time
-        failed.unlink(missing_ok=True)
+        remove_checkpoint_dir(failed)
     _barrier()
     if first:
-        convert_universal(root, tag)
+        convert_universal(root, tag, trust_pickle=True)
     else:
         deadline = time.time() + wait_s
         while not (dst / "zero").is_dir():
@@ -420,43 +493,59 @@ def _patched_argv(argv: list[str]):
         sys.argv = saved
 
 
-def _ds_to_universal(src: Path, out: Path) -> None:
+def _ds_to_universal(src: Path, out: Path, trust_pickle: bool = False) -> None:
+    import multiprocessing
+
     from deepspeed.checkpoint import ds_to_universal
 
     workers = max(1, min(4, (os.cpu_count() or 1) // 2))
+    start = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if not trust_pickle and start != "fork":
+        workers = 1  # spawned workers would not inherit weights_only_everywhere's allow-list
     argv = ["ds_to_universal", "--input_folder", str(src), "--output_folder", str(out),
             "--num_extract_workers", str(workers), "--num_merge_workers", str(max(1, workers // 2)),
             "--inject_missing_state"]  # checkpoints saved before universal_info() existed
     chatter = io.StringIO()  # it print()s stages and draws tqdm bars
+    loads = contextlib.nullcontext() if trust_pickle else \
+        safe_load.weights_only_everywhere(safe_load.deepspeed_types())
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
-            _patched_argv(argv):  # its own parser: future options keep their defaults
+            _patched_argv(argv), loads:  # its own parser: future options keep their defaults
         ds_to_universal.main(ds_to_universal.parse_arguments())
     log.debug("ds_to_universal: %s", chatter.getvalue().strip())
 
 
 # ----------------------------------------------------------------------------- export
-def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """FP32 full state dict from any ZeRO stage, on CPU, without a process group."""
+def consolidated_state_dict(root: Path, tag: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """FP32 full state dict from any ZeRO stage, on CPU, without a process group. Weights-only
+    (DeepSpeed's loaders forced too) unless `trust_pickle`: a run dir from elsewhere runs no code."""
     meta = read_meta(root / tag)
+    types = safe_load.deepspeed_types()
     if meta.get("zero_stage", 0) == 0:
         files = sorted((root / tag).glob("mp_rank_*_model_states.pt"))
         if not files:
             raise CheckpointError(f"{root / tag}: no mp_rank_*_model_states.pt; the checkpoint is incomplete")
-        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        saved = safe_load.load(files[0], types, trust_pickle, expected="a DeepSpeed model-states file",
+                               fix="if you trust this run dir, re-run with --trust-pickle")
+        if not isinstance(saved, dict) or not isinstance(saved.get("module"), dict):
+            raise CheckpointError(f"{files[0]}: no 'module' weights in it; not a DeepSpeed checkpoint file")
+        return saved["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    safe_load.check_files(sorted((root / tag).glob("*_states.pt")), types, trust_pickle)
+    loads = contextlib.nullcontext() if trust_pickle else safe_load.weights_only_everywhere(types)
     try:
         chatter = io.StringIO()  # it print()s its progress and draws a tqdm bar
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), loads, \
+                safe_load.guard(root / tag):
             state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         log.debug("zero_to_fp32: %s", chatter.getvalue().strip())
         return state
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{root / tag}: cannot consolidate ZeRO shards ({exc})") from exc
 
 
 def export_weights(root: str | Path, out_dir: str | Path, tag: Optional[str] = None,
-                   provenance: Optional[dict] = None) -> tuple[Path, Path]:
+                   provenance: Optional[dict] = None, trust_pickle: bool = False) -> tuple[Path, Path]:
     """Write out_dir/weights.safetensors (fp32) + out_dir/model.json from one checkpoint."""
     from safetensors.torch import save_file
 
@@ -466,7 +555,7 @@ def export_weights(root: str | Path, out_dir: str | Path, tag: Optional[str] = N
         raise CheckpointError(f"{root}: no complete checkpoint to export (train first, or point at a "
                               "run dir / its checkpoints dir)")
     meta = read_meta(root / tag)
-    state = consolidated_state_dict(root, tag)
+    state = consolidated_state_dict(root, tag, trust_pickle)
     # Own, contiguous fp32 copies: safetensors refuses views that share storage.
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -508,24 +597,41 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(d / WEIGHTS)), info
 
 
-def _resolve_root(path: Path) -> tuple[Path, Optional[str]]:
+def _resolve_root(path: Path, tag: Optional[str] = None) -> tuple[Path, Optional[str]]:
+    """(checkpoints dir, tag or None) from what the user named: a run dir, its checkpoints/ dir
+    or one step_* dir."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; expected a run dir, its checkpoints/ dir or a "
+                              "step_* checkpoint dir")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; expected a run dir, its checkpoints/ dir or a step_* "
+                              "checkpoint dir (giant convert reads single checkpoint files)")
+    if tag is not None and not TAG_RE.match(tag):
+        raise CheckpointError(f"--tag {tag!r}: a checkpoint tag is step_ and 8 or more digits (the "
+                              "directory names under RUN_DIR/checkpoints)")
     if (path / META).is_file():
-        return path.parent, path.name
+        return path.parent, tag or path.name
     if (path / "checkpoints").is_dir():
-        return path / "checkpoints", None
-    return path, None
+        return path / "checkpoints", tag
+    return path, tag
+
+
+TRUST_HELP = ("load the checkpoint with DeepSpeed's unrestricted unpickler, which runs code stored "
+              "in the files (only for run dirs you trust); by default it loads weights only")
 
 
 def main(argv: Optional[list] = None) -> int:
-    """`giant export RUN_DIR [--tag step_N] [--out DIR]`: consolidate for the next stage."""
-    p = argparse.ArgumentParser(prog="giant export", description=main.__doc__)
+    """`giant export RUN_DIR [--tag step_N] [--out DIR]`: consolidate for the next stage. The
+    checkpoint loads weights-only: exporting a run dir from elsewhere runs none of its code."""
+    p = ArgumentParser(prog="giant export", description=main.__doc__)
     p.add_argument("path", help="run dir, its checkpoints/ dir, or one step_* checkpoint dir")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: latest complete)")
     p.add_argument("--out", default=None, help="output dir (default: the run dir)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
-    root, tag = _resolve_root(Path(args.path))
+    root, tag = _resolve_root(Path(args.path), args.tag)
     out = Path(args.out) if args.out else (root.parent if root.name == "checkpoints" else root)
-    weights, model_json = export_weights(root, out, args.tag or tag)
+    weights, model_json = export_weights(root, out, tag, trust_pickle=args.trust_pickle)
     log.info("wrote %s and %s", weights, model_json)
     return 0
 
@@ -533,19 +639,21 @@ def main(argv: Optional[list] = None) -> int:
 def reshard_main(argv: Optional[list] = None) -> int:
     """`giant reshard PATH`: write the universal copy of a checkpoint ahead of a resume on a
     different number of ranks (the resume does it itself otherwise, on rank 0, while the other
-    ranks wait). Runs on CPU, no process group; needs about the checkpoint's size again on disk."""
-    p = argparse.ArgumentParser(prog="giant reshard", description=reshard_main.__doc__)
+    ranks wait). Runs on CPU, no process group; needs about the checkpoint's size again on disk.
+    The checkpoint loads weights-only (DeepSpeed's converter included): no code from it runs."""
+    p = ArgumentParser(prog="giant reshard", description=reshard_main.__doc__)
     p.add_argument("path", help="run dir, its checkpoints/ dir, or one step_* checkpoint dir")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: latest complete)")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     args = p.parse_args(argv)
-    root, tag = _resolve_root(Path(args.path))
-    tag = args.tag or tag or latest_tag(root)
+    root, tag = _resolve_root(Path(args.path), args.tag)
+    tag = tag or latest_tag(root)
     if not tag:
         raise CheckpointError(f"{args.path}: no complete checkpoint to convert")
     meta = read_meta(root / tag)
     if meta.get("zero_stage", 0) == 0:
         raise CheckpointError(f"{root / tag}: a ZeRO-0 checkpoint holds one full copy and resumes on any "
                               "number of ranks as it is")
-    dst = convert_universal(root, tag)
+    dst = convert_universal(root, tag, args.trust_pickle)
     log.info("wrote %s: resume with any number of ranks and a ZeRO-%d config", dst, meta["zero_stage"])
     return 0

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from giant.console import out
+from giant.console import ArgumentParser, out
 from giant.errors import CheckpointError
 from giant.interop import layout, load_any, save_giant
 
@@ -59,8 +59,8 @@ def apply_labels(state: dict, info: dict, labels: Optional[list[str]], head_labe
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="giant convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="giant convert", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="giant export dir, official checkpoint file, or HF VideoMAE dir")
     p.add_argument("dst", help="output directory (giant, hf) or .pth file (official)")
     p.add_argument("--to", choices=["giant", "hf", "official"], default="giant",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from giant.console import ArgumentParser, nonnegative_int, positive_int
 from giant.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -92,21 +93,15 @@ def guess_kind(state: dict[str, Any]) -> str:
     return "pretrain" if any(k.startswith(("decoder_", "mask_token")) for k in state) else "classifier"
 
 
-def read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of an official .pyth / .pth file (no arbitrary unpickling: argparse.Namespace,
-    which the official save_model stores, is the only non-tensor type allowed)."""
+def read_official(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of an official .pyth / .pth file (weights-only: argparse.Namespace, which the
+    official save_model stores, is the only non-tensor type allowed unless `trust_pickle`)."""
+    from giant.engine import safe_load
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            torch.serialization.add_safe_globals([argparse.Namespace])
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle with other types, or not a torch file at all
-        raise CheckpointError(f"{path}: not a readable MAE-ST checkpoint ({exc})") from exc
+    obj = safe_load.load(path, [argparse.Namespace], trust_pickle,
+                         expected="an official MAE-ST checkpoint (.pyth / .pth)",
+                         fix="if you trust the file, re-run with --trust-pickle")
     state = unwrap(obj) if isinstance(obj, dict) else {}
     tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
     if not tensors:
@@ -114,14 +109,15 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def convert(src: str | Path, out_dir: str | Path, model: dict, kind: str = "") -> Path:
+def convert(src: str | Path, out_dir: str | Path, model: dict, kind: str = "",
+            trust_pickle: bool = False) -> Path:
     """Official checkpoint → out_dir/weights.safetensors + model.json (giant's export format),
     ready for `checkpoint.init_from`. `model`: the ModelConfig fields (arch=maest, sizes)."""
     from safetensors.torch import save_file
 
     from giant.engine.checkpoint import FORMAT, MODEL_JSON, WEIGHTS
 
-    official = read_official(src)
+    official = read_official(src, trust_pickle)
     kind = kind or guess_kind(official)
     state = {k: v.detach().float().contiguous().clone() for k, v in official_to_giant(official, kind).items()}
     out = Path(out_dir)
@@ -141,20 +137,23 @@ def main(argv: list | None = None) -> int:
     from giant.config import ModelConfig
     from giant.models.maest import resolve_maest_config
 
-    p = argparse.ArgumentParser(prog="giant convert-maest", description=main.__doc__)
+    p = ArgumentParser(prog="giant convert-maest", description=main.__doc__)
     p.add_argument("src", help="official .pyth / .pth (pre-training or fine-tuned)")
     p.add_argument("out", help="output directory")
     p.add_argument("--model", default="vit_l", help="size name (vit_b, vit_l, vit_h)")
     p.add_argument("--kind", choices=_KINDS, default="", help="default: guessed from the keys")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=0, help="fine-tuned checkpoints: head rows")
-    p.add_argument("--decoder-heads", type=int, default=16, help="official MAE-ST decoders use 16")
+    p.add_argument("--frames", type=positive_int, default=16)
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--num-classes", type=nonnegative_int, default=0, help="fine-tuned checkpoints: head rows")
+    p.add_argument("--decoder-heads", type=positive_int, default=16, help="official MAE-ST decoders use 16")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a file that holds Python objects beyond tensors and argparse args "
+                        "(runs code from the file: only for files you trust)")
     args = p.parse_args(argv)
     cfg = resolve_maest_config(ModelConfig(name=args.model, arch="maest", num_frames=args.frames,
                                            img_size=args.img_size, num_classes=args.num_classes,
                                            decoder_num_heads=args.decoder_heads))
-    convert(args.src, args.out, dataclasses.asdict(cfg), args.kind)
+    convert(args.src, args.out, dataclasses.asdict(cfg), args.kind, args.trust_pickle)
     return 0
 
 

@@ -37,27 +37,22 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 def read_file(path: Path, trust_pickle: bool = False) -> Any:
     """The file's object. Pickles load with weights_only (plus argparse.Namespace, which the
-    official training scripts save as `args`) unless the user trusts the file."""
+    official training scripts save as `args`); `trust_pickle` unpickles unrestricted only a file
+    that needs it. A file that is not a checkpoint at all is one error line either way."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    if trust_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    safe = getattr(torch.serialization, "safe_globals", None)
-    try:
-        if safe is None:  # torch 2.4: the global allow-list is the only way
-            torch.serialization.add_safe_globals([argparse.Namespace])
-            return torch.load(path, map_location="cpu", weights_only=True)
-        with safe([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors have no common type
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path}: holds Python objects beyond tensors ({str(exc).splitlines()[0][:200]}); if you "
-                "trust the file, convert it once with `giant convert SRC DST --trust-pickle`") from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from None
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    from giant.engine import safe_load
+
+    return safe_load.load(path, [argparse.Namespace], trust_pickle,
+                          expected="an official VideoMAE / V2 checkpoint (.pth, .pt, .bin, .safetensors)",
+                          fix="if you trust the file, convert it once with "
+                              "`giant convert SRC DST --trust-pickle`")
 
 
 def _is_state(obj: Any) -> bool:

@@ -9,7 +9,6 @@ final export and summary, and the argparse/logging `main`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -22,13 +21,14 @@ from typing import Any, Callable, Optional
 import torch
 
 from giant.config import RunConfig, dump_config, load_config, to_dict
+from giant.console import ArgumentParser, fail, nonnegative_int
 from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
                                      export_weights, needs_reshard, prepare_run_dir, prepare_universal,
                                      read_meta)
 from giant.engine.deepspeed import (MergedDS, build_engine, construct_model, init_distributed,
                                     resolve_ds_config)
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
-from giant.errors import GiantError
+from giant.errors import ConfigError, GiantError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,10 @@ def _finish(stage: Stage, ctx: RunContext, result: Any, ckpt_root: Path, images:
     stage.finish(ctx, art)
     if result.reason == "completed":  # also when a finished run is relaunched: re-export latest
         if rank == 0:  # consolidate for the next stage (any ZeRO stage, no process group needed)
-            weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)})
+            # this run wrote the checkpoint moments ago: trusted, so a type the allow-list lacks
+            # (e.g. a GPU-only loss scaler) cannot fail a finished run at its very end
+            weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)},
+                                                 trust_pickle=True)
             art.update(weights=str(weights), model_json=str(model_json))
         # no barrier: other ranks have nothing left to do, and waiting in a collective while
         # rank 0 consolidates a ViT-g checkpoint could outlast the process-group timeout
@@ -207,6 +210,7 @@ def run_stage(stage: Stage) -> dict:
     """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks."""
     ds = resolve_ds_config(stage.cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
     prepare_run_dir(stage.cfg.stage.run_dir, stage.cfg.checkpoint.resume)  # resume=never over an old run: refuse
+    check_inputs(stage.cfg)
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
     # end in a clean save + PREEMPTED marker, not the default kill
     flag = SignalFlag()
@@ -221,6 +225,7 @@ def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
 
     from giant.engine.precision import resolve_precision
 
+    model_cfg = stage.model_config(stage.cfg)  # precision-free: a config mistake fails before any set-up
     rank, world, _, device = init_distributed(stage.cfg)
     # auto → bf16/fp16/fp32 for this device, once; the JSON is re-merged against the concrete value
     stage.cfg = cfg = resolve_precision(stage.cfg, device)
@@ -228,7 +233,6 @@ def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
     run_dir = Path(cfg.stage.run_dir)
     if rank == 0:
         (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew
-    model_cfg = stage.model_config(cfg)
     ctx = RunContext(cfg=cfg, model_cfg=model_cfg, rank=rank, world=world, device=device,
                      run_dir=run_dir, ds=ds)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
@@ -310,10 +314,12 @@ def parse_args(argv: Optional[list], prog: str, description: str,
                defaults: Optional[list] = None) -> RunConfig:
     """`--recipe R.yaml --ds DS.json [k=v ...]` → RunConfig (`defaults` go before the recipe's
     own overrides, e.g. the stage name)."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    from giant.engine.safe_load import TRUST_NOTE
+
+    p = ArgumentParser(prog=prog, description=description, epilog=TRUST_NOTE)
     p.add_argument("--recipe", help="recipe YAML (launch/recipes/*.yaml)")
     p.add_argument("--ds", help="DeepSpeed JSON (ds_configs/*.json); same as engine.ds_config=...")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None,
                    help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=3e-4 stage.run_dir=runs/x")
     args = p.parse_intermixed_args(argv)  # overrides may come before, between or after options
@@ -324,16 +330,42 @@ def parse_args(argv: Optional[list], prog: str, description: str,
     return load_config(args.recipe, overrides)
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """The paths a person types most, checked before a run dir or a process group exists, so a
+    typo is one line that leaves nothing behind (their contents are read when they are used)."""
+    from giant.data.manifest import check_manifest
+
+    if cfg.data.manifest:  # empty: the stage says what it needs
+        check_manifest(cfg.data.manifest)
+    if cfg.checkpoint.init_from:
+        check_weights("checkpoint.init_from", cfg.checkpoint.init_from, "empty = random init")
+
+
+def check_weights(key: str, path: str, fix: str = "") -> None:
+    """`path` is weights giant can start from (a giant export, an HF directory or a checkpoint
+    file): decided from names alone, no tensor read."""
+    from giant.interop import detect_format
+
+    if not Path(path).exists():
+        raise ConfigError(f"{key}={path} does not exist (give a run dir, weights dir or checkpoint file"
+                          f"{'; ' + fix if fix else ''})")
+    try:
+        detect_format(path)
+    except GiantError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def stage_main(make_stage: Callable[[RunConfig], Stage], argv: Optional[list], prog: str,
                description: str, defaults: Optional[list] = None) -> int:
-    """What `launch/<stage>.py` and `giant <stage>` run: parse, run, exit 0 / 2 (GiantError)."""
+    """What `launch/<stage>.py` and `giant <stage>` run: parse, run, exit 0 / 2 (GiantError: the
+    one line `PROG: error: ...`, which RUN_DIR/ERROR of a started run holds too)."""
     setup_logging()
     cfg = None
     try:
         cfg = parse_args(argv, prog, description, defaults)
         art = run_stage(make_stage(cfg))
     except GiantError as exc:
-        log.error("%s", exc)
+        fail(prog, exc)
         if cfg is not None and int(os.environ.get("RANK", "0")) == 0:
             mark_error(Path(cfg.stage.run_dir), exc)
         return 2

@@ -1,6 +1,7 @@
 """`giant <command> ...`: one entry point; each command's module owns its own argparse.
 
-User errors (GiantError) print as one line and exit 2 instead of a traceback.
+User errors (GiantError, argparse's own) print as one line `giant <command>: error: ...` and
+exit 2 instead of a traceback (giant.console holds the contract).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import logging
 import sys
 
+from giant.console import fail
 from giant.errors import GiantError
 
 # command → ("module" with main(argv) -> int, or "module:function"; one-line help)
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("giant.data.cli", "synth | validate | k710 | prepare | bench: datasets and manifests"),
     "flops": ("giant.flops", "parameters, forward MACs and training FLOPs for a model config"),
     "bench": ("giant.engine.bench", "training-step throughput, TFLOP/s, MFU and peak memory"),
+    "memory": ("giant.memory_cli", "per-GPU peak memory of a recipe and the fastest activation checkpointing that fits"),
 }
 
 
@@ -42,16 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"giant: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return fail("giant", f"unknown command {name!r} (one of {', '.join(COMMANDS)}; see `giant --help`)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mod_name, _, func = COMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(mod_name), func or "main")
     try:
         return int(entry(rest) or 0)
     except GiantError as exc:
-        print(f"giant {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"giant {name}", exc)
 
 
 if __name__ == "__main__":

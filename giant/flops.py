@@ -35,12 +35,13 @@ import sys
 from typing import Optional
 
 from giant.config import MaskConfig, ModelConfig
-from giant.console import out
+from giant.console import ArgumentParser, fail, out, positive_int, ratio, run
 from giant.errors import ConfigError, GiantError
 from giant.masking import running_cell_count
 from giant.models.vit import token_grid
 
 STAGES = ("pretrain", "finetune")
+PROG = "giant flops"
 
 
 def _hidden(dim: int, ratio: float) -> int:
@@ -191,22 +192,22 @@ def _human(x: float, unit: str = "") -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="giant flops",
+    p = ArgumentParser(
+        prog=PROG,
         description="Analytic parameters, forward MACs (the papers' 'FLOPs') and training FLOPs per clip.",
     )
     p.add_argument("model", help="model size name, e.g. vit_b or vit_g")
     p.add_argument("--stage", choices=STAGES, default="pretrain")
-    p.add_argument("--frames", type=int, default=16, help="input frames per clip")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.9, help="encoder mask ratio")
+    p.add_argument("--frames", type=positive_int, default=16, help="input frames per clip")
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--mask-ratio", type=ratio, default=0.9, help="encoder mask ratio")
     p.add_argument("--mask-type", default="tube", choices=("tube", "random", "frame", "block", "adaptive"),
                    help="encoder mask; adaptive = AdaMAE (counts its sampler)")
     p.add_argument("--arch", default="videomae", choices=("videomae", "maest"),
                    help="maest = MAE-ST (cls token, separable positions, sub-sampled target)")
-    p.add_argument("--pred-t-dim", type=int, default=None, help="MAE-ST target frames (default T/tubelet)")
-    p.add_argument("--decoder-mask-ratio", type=float, default=0.5, help="running-cell ratio; 0 = VideoMAE V1")
-    p.add_argument("--num-classes", type=int, default=710, help="classifier rows (finetune)")
+    p.add_argument("--pred-t-dim", type=positive_int, default=None, help="MAE-ST target frames (default T/tubelet)")
+    p.add_argument("--decoder-mask-ratio", type=ratio, default=0.5, help="running-cell ratio; 0 = VideoMAE V1")
+    p.add_argument("--num-classes", type=positive_int, default=710, help="classifier rows (finetune)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -222,8 +223,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         r = count(model, args.stage, mask)
     except GiantError as e:
-        out(f"error: {e}", err=True)
-        return 2
+        return fail(PROG, e)
     if args.json:
         r["mask"] = dataclasses.asdict(mask) if args.stage == "pretrain" else None
         out(json.dumps(r, indent=2))
@@ -243,4 +243,4 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(PROG, main, None))

@@ -64,7 +64,8 @@ def test_validate_min_frames(synth_videos, capsys):
 def test_validate_bad_manifest_is_one_clean_error(tmp_path, capsys):
     (tmp_path / "m.csv").write_text("path,label\na.mp4,x\n")
     assert main(["validate", str(tmp_path / "m.csv"), "--workers", "1"]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'm.csv'}:2: label 'x' is not an integer")
+    assert capsys.readouterr().err.startswith(
+        f"giant data validate: error: {tmp_path / 'm.csv'}:2: label 'x' is not an integer")
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

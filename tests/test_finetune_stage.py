@@ -144,6 +144,7 @@ def test_evaluation_user_error_leaves_an_error_marker(runs, tmp_path):
     """A batch script must not requeue an evaluation a person has to fix: exit 2 and OUT/ERROR
     naming the bad setting (env.sh reads it)."""
     missing = tmp_path / "nope.csv"
+    (tmp_path / "out").mkdir()  # as the batch script's RUN_DIR; an --out that does not exist stays so
     proc = _evaluate(runs["dir"] / "full", tmp_path / "out", 1, f"data.test_manifest={missing}")
     assert proc.returncode == 2, tail(proc)
     assert str(missing) in (tmp_path / "out" / "ERROR").read_text()

@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from giant.console import out
+from giant.console import ArgumentParser, fail, nonnegative_int, out, positive_int
 from giant.data import kinetics710
 from giant.errors import GiantError
 
@@ -37,7 +37,8 @@ def _synth(args) -> int:
 
 def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: int) -> str | None:
     """None if the entry opens, has >= min_frames frames, and decodes its centre clip and its
-    last frame (which catches truncated files); else the reason."""
+    last frame (which catches truncated files); else the reason. A video shorter than the clip
+    passes unless min_frames says otherwise: training and evaluation pad it."""
     import numpy as np
 
     from giant.data.decode import VideoDecodeError, clip_range, header_frame_count, open_video
@@ -75,7 +76,7 @@ def _validate(args) -> int:
     # every listed video, without a sources YAML's weights (a weighted epoch would check a
     # seeded subset, or the same file several times)
     entries = load_entries(args.manifest, args.root, args.list_format, weighted=False)
-    min_frames = args.min_frames if args.min_frames is not None else args.num_frames
+    min_frames = args.min_frames
     slot: dict = {}  # (path, start, end) → job index: each clip is decoded once
     jobs = []
     for e in entries:
@@ -104,6 +105,8 @@ def _validate(args) -> int:
 def _k710(args) -> int:
     from giant.data import kinetics710 as k
 
+    if args.action != "manifests" and Path(args.out).is_dir():
+        raise GiantError(f"--out {args.out} is a folder; give the file to write")
     renames = k.read_renames(args.renames)
     if args.action == "labels":
         lists = [k.read_label_map(p) for p in (args.k400, args.k600, args.k700)]
@@ -213,7 +216,7 @@ def _add_prepare(sub) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="giant data", description="Video data tools.")
+    p = ArgumentParser(prog="giant data", description="Video data tools.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write small synthetic .mp4 videos + train/val manifests")
@@ -244,10 +247,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", default="", help="prefix for relative paths (default: manifest dir)")
     v.add_argument("--backend", default="decord", choices=["decord", "pyav", "frames"])
     v.add_argument("--list-format", default="auto", choices=["auto", "pretrain", "labeled"])
-    v.add_argument("--num-frames", type=int, default=16)
-    v.add_argument("--sampling-rate", type=int, default=4)
-    v.add_argument("--min-frames", type=int, default=None, help="default: --num-frames")
-    v.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    v.add_argument("--num-frames", type=positive_int, default=16)
+    v.add_argument("--sampling-rate", type=positive_int, default=4)
+    v.add_argument("--min-frames", type=positive_int, default=1,
+                   help="reject shorter videos (default 1: a video shorter than a clip is padded "
+                   "with its last frame, as the official loaders do)")
+    v.add_argument("--workers", type=nonnegative_int, default=os.cpu_count() or 1,
+                   help="decoding processes (0 or 1: in this process)")
     v.set_defaults(func=_validate)
 
     k = sub.add_parser("k710", help="Kinetics-710 label map, head row maps, manifests")
@@ -278,16 +284,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("manifest")
     b.add_argument("--root", default="")
     b.add_argument("--backend", default="decord", choices=["decord", "pyav", "frames"])
-    b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--batch-size", type=int, default=4, help="videos per batch")
-    b.add_argument("--num-sample", type=int, default=4, help="clips per video")
-    b.add_argument("--num-frames", type=int, default=16)
-    b.add_argument("--sampling-rate", type=int, default=4)
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--videos", type=int, default=200, help="videos to time (after warm-up)")
-    b.add_argument("--patch", type=int, default=16,
+    b.add_argument("--workers", type=nonnegative_int, default=2, help="loader workers (0: in this process)")
+    b.add_argument("--batch-size", type=positive_int, default=4, help="videos per batch")
+    b.add_argument("--num-sample", type=positive_int, default=4, help="clips per video")
+    b.add_argument("--num-frames", type=positive_int, default=16)
+    b.add_argument("--sampling-rate", type=positive_int, default=4)
+    b.add_argument("--size", type=positive_int, default=224)
+    b.add_argument("--videos", type=positive_int, default=200, help="videos to time (after warm-up)")
+    b.add_argument("--patch", type=positive_int, default=16,
                    help="model patch size for the mask token grid (ViT-g: 14)")
-    b.add_argument("--tubelet", type=int, default=2, help="model tubelet size (frames per token)")
+    b.add_argument("--tubelet", type=positive_int, default=2, help="model tubelet size (frames per token)")
     b.add_argument("--no-masks", action="store_true", help="skip mask generation")
     b.add_argument("--profile", action="store_true",
                    help="per-stage single-core cost in this process instead of the loader")
@@ -300,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except GiantError as exc:
-        out(f"error: {exc}", err=True)
-        return 2
+        return fail(f"giant data {args.command}", exc)
 
 
 if __name__ == "__main__":

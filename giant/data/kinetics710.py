@@ -27,12 +27,19 @@ DEFAULT_TEMPLATE = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}
 DEFAULT_RENAMES = Path(__file__).resolve().parents[2] / "datasets_manifest" / "k710_identical_label_merge.json"
 
 
+def _text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding=MANIFEST_ENCODING)  # a BOM is not a class name
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}); check the path") from None
+
+
 def read_label_map(path: str | Path) -> list[str]:
     """One class name per line; line i = head row i. Blank lines inside are an error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"label map {path} does not exist")
-    lines = path.read_text(encoding=MANIFEST_ENCODING).splitlines()  # a BOM is not a class name
+    lines = _text(path, "label map").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     for number, line in enumerate(lines, 1):
@@ -49,7 +56,7 @@ def read_renames(path: str | Path = DEFAULT_RENAMES) -> dict[str, str]:
     """old name → new name (JSON object)."""
     try:
         table = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text at all
         raise DataError(f"rename table {path}: {exc}") from None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise DataError(f"rename table {path}: expected a JSON object of old name → new name")
@@ -107,6 +114,7 @@ def read_annotations(path: str | Path, source: str) -> list[Clip]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
+    _text(path, "annotation file")  # decoded whole first: a tens-of-MB CSV takes milliseconds
     clips = []
     with open(path, newline="", encoding=MANIFEST_ENCODING) as f:
         reader = csv.reader(f)

@@ -168,14 +168,40 @@ def read_manifest(path: str | Path, root: str = "", list_format: str = "auto") -
         raise DataError(f"manifest {path} does not exist; create it (datasets_manifest/README.md) "
                         "or fix data.manifest")
     base = Path(root).expanduser() if root else path.parent
-    if _is_giant_csv(path):
-        entries = _read_giant_csv(path, base)
-    else:
-        entries = [_parse_official(text, f"{path}:{n}", base, list_format)
-                   for n, text in _data_lines(path)]
+    try:
+        if _is_giant_csv(path):
+            entries = _read_giant_csv(path, base)
+        else:
+            entries = [_parse_official(text, f"{path}:{n}", base, list_format)
+                       for n, text in _data_lines(path)]
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, exc) from None
     if not entries:
         raise DataError(f"manifest {path} lists no videos")
     return entries
+
+
+def _not_text(path: Path, exc: UnicodeDecodeError) -> DataError:
+    return DataError(f"manifest {path} is not UTF-8 text (byte {exc.start}): a manifest is a CSV or an "
+                     "official list (datasets_manifest/README.md); check the path")
+
+
+def check_manifest(path: str | Path, key: str = "data.manifest") -> None:
+    """Cheap pre-flight before a run starts: the file exists, is text and lists a video. Rows
+    are checked when the dataset reads them all (K710: 660k rows, seconds)."""
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        raise DataError(f"{key}={path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                        "point it at a manifest file (datasets_manifest/README.md)")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return  # a sources list: read_sources checks it and its manifests
+    try:
+        lines = [text for _, text in zip(range(2), _data_lines(path))]
+        header = _is_giant_csv(path)
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, exc) from None
+    if len(lines) < (2 if header else 1):
+        raise DataError(f"manifest {path} lists no videos; fill it (e.g. `giant data synth DIR`) or fix {key}")
 
 
 def _check_source(spec: dict, where: str) -> dict:
@@ -213,6 +239,8 @@ def read_sources(path: str | Path, root: str = "", seed: int = 0,
         raise DataError(f"sources file {path} does not exist; fix data.manifest")
     try:
         doc = yaml.safe_load(path.read_text(encoding=MANIFEST_ENCODING)) or {}
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, exc) from None
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("sources"), list) or not doc["sources"]:

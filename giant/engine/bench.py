@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from giant.console import out
-from giant.config import load_config
+from giant.config import ModelConfig, load_config
+from giant.console import ArgumentParser, nonnegative_int, out, positive_int, ratio, run as run_command
 from giant.data.transforms import normalize_on_device
 from giant.engine.deepspeed import build_engine, construct_model, init_distributed
 from giant.engine.metrics import Throughput, memory_stats
@@ -25,14 +25,15 @@ from giant.flops import train_flops_per_clip
 from giant.masking import MaskGenerator, token_grid
 
 log = logging.getLogger(__name__)
+PROG = "giant bench"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="giant bench", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny", help="size name (tiny, vit_s ... vit_g)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=2, help="clips per device per micro-step")
+    p.add_argument("--frames", type=positive_int, default=16)
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--batch", type=positive_int, default=2, help="clips per device per micro-step")
     p.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3], help="ZeRO stage")
     p.add_argument("--ds", default=None, help="DeepSpeed JSON (default ds_configs/zero{N}.json)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -41,17 +42,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--act-ckpt", default="off", help="off | all | first:N")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every block (engine.compile; the warmup steps absorb compilation)")
-    p.add_argument("--mask-ratio", type=float, default=0.9)
-    p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--mask-ratio", type=ratio, default=0.9)
+    p.add_argument("--decoder-mask-ratio", type=ratio, default=0.5)
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed steps first")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--teacher", default="", help="distillation mode: a frozen teacher of this size (random "
                    "weights) runs forward on each batch, then the student (--model, a classifier) trains")
     p.add_argument("--teacher-precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="distillation mode: the teacher's weights (as distill.teacher_precision)")
-    p.add_argument("--classes", type=int, default=400, help="distillation mode: classes of both heads")
+    p.add_argument("--classes", type=positive_int, default=400, help="distillation mode: classes of both heads")
     p.add_argument("overrides", nargs="*", help="extra dotted config overrides")
     return p.parse_args(argv)
 
@@ -67,7 +68,11 @@ def _config(args: argparse.Namespace):
         f"mask.ratio={args.mask_ratio}", f"mask.decoder_ratio={args.decoder_mask_ratio}",
         f"mask.decoder={'running_cell' if args.decoder_mask_ratio > 0 else 'none'}",
         f"stage.device={args.device}", *args.overrides]
-    return load_config(None, overrides)
+    cfg = load_config(None, overrides)
+    cfg.model.resolved()  # an unknown size is one line before any process group
+    if args.teacher:
+        ModelConfig(name=args.teacher).resolved()
+    return cfg
 
 
 def _sync(device: torch.device) -> None:
@@ -149,7 +154,6 @@ def run_distill(args: argparse.Namespace) -> dict:
     the distill stage runs them; the teacher's share of the step is timed on its own."""
     import dataclasses
 
-    from giant.config import ModelConfig
     from giant.engine.teacher import choose_teacher_precision, distill_loss, freeze_teacher, teacher_logits
     from giant.flops import count
     from giant.models import build_model
@@ -209,4 +213,4 @@ def run_distill(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_command(PROG, main, sys.argv[1:]))

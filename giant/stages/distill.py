@@ -30,16 +30,18 @@ from typing import Any, Callable, Optional
 import torch
 
 from giant.config import ModelConfig, RunConfig
+from giant.console import ArgumentParser, fail, nonnegative_int
+from giant.engine.safe_load import TRUST_NOTE
 from giant.engine.teacher import (choose_teacher_precision, distill_loss, freeze_teacher, partition_teacher,
                                   teacher_logits)
 from giant.errors import CheckpointError, ConfigError, GiantError
-from giant.stages.driver import GlobalFailures, RunContext, setup_logging, stage_main
+from giant.stages.driver import GlobalFailures, RunContext, check_weights, setup_logging, stage_main
 from giant.stages.finetune import FinetuneStage, validate
 from giant.stages.weights import artifact_model, classifier_state, pos_grid_for
 
 log = logging.getLogger(__name__)
 
-PROG = "distill"
+PROG = "giant distill"  # also the `distill` script's and launch/distill.py's: one command, one prefix
 DEFAULT_RECIPE = "launch/recipes/distill_vitg_to_vitb_k710.yaml"
 # model.* fields a `--student PATH` takes from the artifact's model.json (the architecture; the
 # input geometry and class count stay the recipe's)
@@ -56,6 +58,7 @@ def teacher_path(cfg: RunConfig) -> str:
                           f"--teacher PATH or distill.teacher=PATH ({where})")
     if not Path(path).exists():
         raise ConfigError(f"distill.teacher={path} does not exist; point --teacher / distill.teacher at {where}")
+    check_weights("distill.teacher", path)
     return path
 
 
@@ -140,7 +143,7 @@ def load_teacher(cfg: RunConfig, student: ModelConfig,
         if missing or unexpected:
             raise CheckpointError(f"distill.teacher={path}: weights do not fit a {tcfg.name} classifier "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        freeze_teacher(teacher, precision, device)
+        freeze_teacher(teacher, precision, device, cfg.precision.cast)
         held = "whole on every rank"
     del state
     log.info("teacher %s from %s: %.3g M params, %s, %d classes, %s (%s); T=%g, hard_weight %g", tcfg.name,
@@ -289,13 +292,13 @@ def default_recipe() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG, description="Distil a frozen teacher classifier into a student classifier (VideoMAE V2 "
                                "Table 16): KL between their class distributions on the same clips, run by "
                                "deepspeed / torchrun / srun like the other stages.",
         epilog="examples:\n  distill --teacher vitg --student vitb distill.teacher=runs/postpretrain_vitg_k710\n"
                "  torchrun --nproc_per_node 2 launch/distill.py --recipe launch/recipes/demo_distill.yaml\n"
-               "Sizes only: the defaults come from " + DEFAULT_RECIPE + ".",
+               "Sizes only: the defaults come from " + DEFAULT_RECIPE + ".\n\n" + TRUST_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", help="teacher size (vitg, vit_g, vitb, ...: checked against the weights) or its "
                                      "weights (giant run dir, official checkpoint, HF dir) = distill.teacher")
@@ -303,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "a giant artifact's architecture is taken too)")
     p.add_argument("--recipe", help=f"recipe YAML (default {DEFAULT_RECIPE})")
     p.add_argument("--ds", help="DeepSpeed JSON (ds_configs/*.json); same as engine.ds_config=...")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None,
                    help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.temperature=2 stage.run_dir=runs/x")
     return p
@@ -319,8 +322,7 @@ def main(argv: Optional[list] = None) -> int:
         shorthand = shorthand_overrides(args.teacher, args.student)
         recipe = args.recipe or default_recipe()
     except GiantError as exc:
-        log.error("%s", exc)
-        return 2
+        return fail(PROG, exc)
     rest = ["--recipe", recipe, *(["--ds", args.ds] if args.ds else []), *args.overrides]
     return stage_main(DistillStage, rest, PROG, DistillStage.description, defaults=shorthand)
 

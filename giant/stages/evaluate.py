@@ -27,10 +27,12 @@ import numpy as np
 import torch
 
 from giant.config import RunConfig, load_config
+from giant.console import ArgumentParser, fail, nonnegative_int
 from giant.errors import ConfigError, GiantError
 from giant.stages.sharding import PaddedShardSampler, all_gather_rows
 
 log = logging.getLogger(__name__)
+PROG = "giant evaluate"
 SCORES = "scores.npz"  # per video: path, readable, mean softmax over its views (for --reference)
 
 
@@ -58,7 +60,7 @@ def _model_cfg(cfg: RunConfig) -> Any:
 
     art = artifact_model(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None
     if art is None:
-        raise ConfigError(f"evaluate: {cfg.checkpoint.init_from or '(nothing)'} holds no model.json: "
+        raise ConfigError(f"{cfg.checkpoint.init_from or 'checkpoint.init_from (empty)'} holds no model.json: "
                           "point it at a run dir with weights.safetensors (fine-tune first, or `giant export`)")
     fields = {f.name for f in dataclasses.fields(cfg.model)}
     model_cfg = dataclasses.replace(cfg.model, **{k: v for k, v in art.items() if k in fields})
@@ -81,7 +83,7 @@ def build_eval_model(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Mod
     if missing or unexpected:
         raise ConfigError(f"{cfg.checkpoint.init_from}: weights do not fit the classifier "
                           f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    apply_precision(model, cfg.precision.encoder, device.type)
+    apply_precision(model, cfg.precision.encoder, device.type, cfg.precision.cast)
     return model.to(device).eval(), model_cfg
 
 
@@ -106,6 +108,13 @@ def _slice_head(cfg: RunConfig, model_cfg: Any, state: dict) -> Any:
     return dataclasses.replace(model_cfg, num_classes=len(rows))
 
 
+def video_score(logits_VC: torch.Tensor) -> torch.Tensor:
+    """A video's class scores [C] from its views' logits [V, C]: the mean of the per-view
+    softmax, as the official merge (method 'prob') forms it. Averaging logits first would let
+    one confident view outweigh the others differently and can change the prediction."""
+    return logits_VC.float().softmax(dim=-1).mean(dim=0)
+
+
 @torch.no_grad()
 def score_videos(model: torch.nn.Module, loader: Any, device: torch.device, mean, std,
                  num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,7 +125,7 @@ def score_videos(model: torch.nn.Module, loader: Any, device: torch.device, mean
     for batch in loader:
         for b in range(batch["video"].shape[0]):  # one video = one forward of its views
             x = normalize_on_device(batch["video"][b].to(device), mean, std)
-            rows_s.append(model(x).float().softmax(dim=-1).mean(dim=0).cpu())
+            rows_s.append(video_score(model(x)).cpu())
         rows_i.append(batch["index"])
         rows_y.append(batch["label"])
         rows_v.append(batch["valid"])
@@ -202,6 +211,19 @@ def _write_outputs(out_dir: Path, entries: list, idx: np.ndarray, label: np.ndar
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def _check_inputs(cfg: RunConfig) -> None:
+    """Weights without a classifier, no or an unreadable test list: fail on every rank before
+    any process group or output exists."""
+    from giant.data.manifest import check_manifest
+
+    _model_cfg(cfg)
+    if not (cfg.data.test_manifest or cfg.data.val_manifest):
+        raise ConfigError("data.test_manifest (or data.val_manifest) is empty: set it, e.g. "
+                          "data.test_manifest=data/synth/val.csv")
+    key = "data.test_manifest" if cfg.data.test_manifest else "data.val_manifest"
+    check_manifest(cfg.data.test_manifest or cfg.data.val_manifest, key)
+
+
 def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] = None) -> dict:
     """Collective over all ranks; rank 0 writes results.json, predictions.csv, scores.npz,
     confusion.png."""
@@ -212,12 +234,11 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
 
     if reference:  # a missing one fails before any work, on every rank
         reference_scores(Path(reference))
+    _check_inputs(cfg)
     rank, world, _, device = init_distributed(cfg)
     cfg = resolve_precision(cfg, device)
     model, model_cfg = build_eval_model(cfg, device)
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    if not (cfg.data.test_manifest or cfg.data.val_manifest):
-        raise ConfigError("evaluate: data.test_manifest (or data.val_manifest) is empty")
     dataset = TestViews.from_config(cfg, "test")
     sampler = PaddedShardSampler(len(dataset), rank, world, batch=1)
     loader = make_loader(dataset, sampler, 1, cfg.data.num_workers, collate_test,
@@ -260,8 +281,8 @@ def main(argv: Optional[list] = None) -> int:
     from giant.stages.driver import setup_logging
 
     setup_logging()
-    p = argparse.ArgumentParser(prog="giant evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("target", nargs="?", help="fine-tuned run dir or weights dir (weights.safetensors + "
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("target", metavar="TARGET", help="fine-tuned run dir or weights dir (weights.safetensors + "
                    "model.json); its config.yaml supplies the data settings")
     p.add_argument("--recipe", help="recipe YAML instead of the run dir's config.yaml")
     p.add_argument("--out", help="output dir (default: TARGET/eval)")
@@ -269,23 +290,25 @@ def main(argv: Optional[list] = None) -> int:
                    help="another evaluation of the same videos (e.g. the teacher's): adds top-1 agreement "
                    "and KL(reference ‖ this) to results.json")
     p.add_argument("--ds", help="accepted for launcher symmetry; evaluation needs no DeepSpeed JSON")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.test_manifest=... "
+    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. data.test_manifest=... "
                    "data.test_temporal_views=2")
     args = p.parse_intermixed_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
+        if not Path(args.target).exists():
+            raise ConfigError(f"TARGET {args.target} does not exist (give a fine-tuned run dir or its "
+                              "weights.safetensors + model.json)")
         cfg = _config_from(args.target, args.recipe, args.overrides)
         run(cfg, args.out, args.reference)
     except GiantError as exc:
-        log.error("%s", exc)
+        fail(PROG, exc)
         out = output_dir(args.out, args.target)
         if out is not None:  # a batch script reads OUT/ERROR and does not requeue (launch/slurm/env.sh)
             from giant.stages.driver import mark_error
 
-            out.mkdir(parents=True, exist_ok=True)
-            mark_error(out, exc)
+            mark_error(out, exc)  # only into a folder that exists: a bad input leaves nothing behind
         return 2
     finally:
         if torch.distributed.is_initialized():

@@ -113,9 +113,14 @@ class FinetuneStage(Stage):
         dataset = LabeledClips.from_config(cfg, "train")
         sampler = ResumableDistributedSampler(len(dataset), ctx.rank, ctx.world, seed=cfg.stage.seed,
                                               shuffle=True, drop_last=len(dataset) >= ctx.world)
+        from giant.data.loader import clip_item_bytes
+
+        m = cfg.model
+        item = clip_item_bytes(cfg.data.num_sample, m.in_chans, m.num_frames, m.img_size, labels=True)
         loader = make_loader(dataset, sampler, cfg.optim.batch_size, cfg.data.num_workers,
                              collate_labeled, pin_memory=torch.cuda.is_available(),
-                             timeout=cfg.data.loader_timeout_s)
+                             timeout=cfg.data.loader_timeout_s, prefetch_factor=cfg.data.prefetch_factor,
+                             persistent=cfg.data.persistent_workers, item_bytes=item)
         self.best = BestMetric()
         return (EpochBatches(loader, on_epoch=set_loader_epoch, full_batch=cfg.optim.batch_size),
                 FailureTracker.from_config(cfg))
@@ -240,4 +245,4 @@ def run(cfg: RunConfig) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    return stage_main(FinetuneStage, argv, "launch/finetune.py", FinetuneStage.description)
+    return stage_main(FinetuneStage, argv, "giant finetune", FinetuneStage.description)

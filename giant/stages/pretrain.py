@@ -42,9 +42,14 @@ class PretrainStage(Stage):
                                               shuffle=True, drop_last=len(dataset) >= ctx.world)
         # a decode stuck in C code raises DataError after data.loader_timeout_s; the launcher
         # (torchrun / srun --kill-on-bad-exit) then ends the peers instead of leaving them waiting
+        from giant.data.loader import clip_item_bytes
+
+        m = ctx.model_cfg  # uint8 clips + at most N encoder and N decoder indices each
+        item = clip_item_bytes(cfg.data.num_sample, m.in_chans, m.num_frames, m.img_size, 2 * mask_fn.num_tokens)
         loader = make_loader(dataset, sampler, cfg.optim.batch_size, cfg.data.num_workers,
                              collate_pretrain, pin_memory=torch.cuda.is_available(),
-                             timeout=cfg.data.loader_timeout_s)
+                             timeout=cfg.data.loader_timeout_s, prefetch_factor=cfg.data.prefetch_factor,
+                             persistent=cfg.data.persistent_workers, item_bytes=item)
         return (EpochBatches(loader, on_epoch=set_loader_epoch, full_batch=cfg.optim.batch_size),
                 FailureTracker.from_config(cfg))
 
@@ -92,8 +97,8 @@ def run(cfg: RunConfig) -> dict:
 def parse_args(argv: Optional[list]) -> RunConfig:
     from giant.stages.driver import parse_args as parse
 
-    return parse(argv, "launch/pretrain.py", PretrainStage.description)
+    return parse(argv, "giant pretrain", PretrainStage.description)
 
 
 def main(argv: Optional[list] = None) -> int:
-    return stage_main(PretrainStage, argv, "launch/pretrain.py", PretrainStage.description)
+    return stage_main(PretrainStage, argv, "giant pretrain", PretrainStage.description)

@@ -51,11 +51,11 @@ def test_dump_round_trip(tmp_path):
     # the run dir's config.yaml (absolute lr and min_lr resolved) loads back as a recipe
     from giant.engine.schedule import resolve_lrs
 
-    resolved = dataclasses.replace(cfg, optim=resolve_lrs(cfg.optim, 8192))
+    resolved = dataclasses.replace(cfg, optim=resolve_lrs(cfg.optim, 2048))  # videos per step
     dump_config(resolved, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert (again.optim.lr, again.optim.min_lr) == (resolved.optim.lr, resolved.optim.min_lr)
-    assert (again.optim.lr, again.optim.min_lr) == pytest.approx((4.8e-3, 8e-5))
+    assert (again.optim.lr, again.optim.min_lr) == pytest.approx((1.2e-3, 8e-5))
 
 
 def test_yaml_1_2_scalars(tmp_path):

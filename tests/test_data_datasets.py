@@ -11,7 +11,7 @@ from giant.config import RunConfig
 from giant.data.datasets import LabeledClips, PretrainClips, TestViews, derive_seed
 from giant.data.decode import open_video
 from giant.data.manifest import VideoEntry, read_manifest
-from giant.data.sampling import dense_indices, segment_indices
+from giant.data.sampling import dense_indices, finetune_window, segment_indices
 from giant.errors import DataError
 
 
@@ -126,12 +126,25 @@ def test_labeled_train(entries):
     assert pair.shape == (2, 3, 8, 48, 48) and not torch.equal(pair[0], pair[1])
 
 
+def test_labeled_train_window_is_the_official_linspace(entries):
+    # whole-frame crop at the frame size, no RandAugment / flip / erasing: the clip is the
+    # decoded window, drawn by finetune_window from the item's seeded generator
+    ds = LabeledClips(entries, num_frames=8, size=64, sampling_rate=2, train=True, rand_augment="",
+                      flip=False, reprob=0.0, backend="pyav", seed=3, train_scale=(1.0, 1.0))
+    for index in (1, 5):
+        window = finetune_window(0, 32, 8, 2, np.random.default_rng(derive_seed(3, 0, index, 0)))
+        assert (window - window[0]).tolist() == [0, 2, 4, 6, 9, 11, 13, 15]
+        assert torch.equal(ds[index]["video"], decode(entries[index].path, window))
+
+
 def test_labeled_eval_is_centre_clip(entries):
     ds = LabeledClips(entries, num_frames=8, size=64, sampling_rate=2, train=False,
                       short_side=64, backend="pyav")
     item = ds[3]
-    # 32 frames, span (8-1)·2+1 = 15 → centred offset (32-15)//2 = 8
-    assert torch.equal(item["video"], decode(entries[3].path, [8, 10, 12, 14, 16, 18, 20, 22]))
+    # official validation window: 32 frames, span 8·2 = 16, stop (16 + 32) // 2 = 24:
+    # linspace(8, 24, 8) truncated, clipped to 23
+    assert finetune_window(0, 32, 8, 2).tolist() == [8, 10, 12, 14, 17, 19, 21, 23]
+    assert torch.equal(item["video"], decode(entries[3].path, [8, 10, 12, 14, 17, 19, 21, 23]))
     seg = LabeledClips(entries, num_frames=8, size=64, sampling="segments", train=False,
                        short_side=64, backend="pyav")
     assert segment_indices(0, 32, 8).tolist() == [2, 6, 10, 14, 18, 22, 26, 30]
@@ -169,9 +182,10 @@ def test_test_views_decode_once_and_exact_crops(entries, monkeypatch):
     ds = TestViews(entries, num_frames=4, size=48, sampling_rate=4, num_temporal=2,
                    num_spatial=3, short_side=64, backend="pyav")
     item = ds[1]
-    assert len(calls) == 1 and calls[0] == [0, 4, 8, 12, 19, 23, 27, 31]
+    # official: every 4th frame (0 … 28), two runs of 4 at 0 and room 4
+    assert len(calls) == 1 and calls[0] == [0, 4, 8, 12, 16, 20, 24, 28]
     assert item["video"].shape == (6, 3, 4, 48, 48) and item["label"] == entries[1].label
-    windows = [[0, 4, 8, 12], [19, 23, 27, 31]]
+    windows = [[0, 4, 8, 12], [16, 20, 24, 28]]
     for k, window in enumerate(windows):
         frames = decode(entries[1].path, window)
         for s, left in enumerate((0, 8, 16)):  # square frame: crops along the width, top 8

@@ -113,3 +113,37 @@ def test_normalize_on_device_exact():
     assert torch.allclose(out[0, :, 0, 0, 0], expected, atol=1e-6)
     assert normalize_on_device(video[0], mean, std).shape == (3, 2, 2, 2)  # one clip [C,T,H,W]
     assert normalize_on_device(video, mean, std, torch.float64).dtype == torch.float64
+
+
+def test_resize_is_bilinear_without_antialias_like_official():
+    # official fine-tuning / test resizes: cv2 INTER_LINEAR and F.interpolate(bilinear), neither
+    # antialiased; giant's uint8 bilinear is within one grey level of the float computation
+    def bilinear(x, size):
+        return torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear",
+                                               align_corners=False).round()
+
+    frames = np.random.default_rng(2).integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)
+    video = frames_to_tensor(frames)
+    out = resize_short_side(video, 16)
+    assert out.shape == (3, 3, 16, 26) and out.dtype == torch.uint8
+    assert (out.float() - bilinear(video, (16, 26))).abs().max() <= 1
+    crop_out = crop_resize(video, (0, 10, 48, 60), 20)
+    assert (crop_out.float() - bilinear(video[..., 10:70], (20, 20))).abs().max() <= 1
+    up = resize_short_side(video[:, :, :8, :12], 16)  # up: the same bilinear
+    assert (up.float() - bilinear(video[:, :, :8, :12], (16, 24))).abs().max() <= 1
+    # the antialiased resize (PIL's bilinear: official pre-training crops) is the named option
+    smooth = resize_short_side(video, 16, antialias=True)
+    assert smooth.shape == out.shape and (smooth.float() - bilinear(video, (16, 26))).abs().max() > 10
+
+
+def test_randaugment_fill_is_official_grey():
+    # the official fine-tuning RandAugment gets no image mean: uncovered pixels are (128, 128, 128)
+    ra = VideoRandAugment("rand-m9-n2-mstd0.5-inc1", img_size=32)
+    fills = {op.kwargs.get("fillcolor") for op in ra._ra.ops}
+    assert fills == {(128, 128, 128)}
+    rotate = next(op for op in ra._ra.ops if op.name == "Rotate")
+    ra._ra.ops, ra._ra.num_layers, ra._ra.choice_weights = [rotate], 1, None
+    rotate.prob, rotate.magnitude, rotate.magnitude_std = 1.0, 10, 0
+    video = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)  # black: only the fill is grey
+    out = ra(video, 0)
+    assert out[0, :, 0, 0].tolist() == [128, 128, 128] and torch.equal(out[0], out[1])

@@ -96,8 +96,8 @@ def test_run_dir_artifacts(runs):
     first, last = (curve[1] + curve[2]) / 2, (curve[STEPS - 1] + curve[STEPS]) / 2
     assert last < first - 0.03, curve
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["optim"]["lr"] == pytest.approx(cfg["optim"]["blr"] * 8 / 256)  # resolved: 2×2×2 clips
-    assert cfg["optim"]["min_lr"] == pytest.approx(cfg["optim"]["min_blr"] * 8 / 256)
+    assert cfg["optim"]["lr"] == pytest.approx(cfg["optim"]["blr"] * 4 / 256)  # resolved: 2×2 videos (8 clips)
+    assert cfg["optim"]["min_lr"] == pytest.approx(cfg["optim"]["min_blr"] * 4 / 256)
     lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").open()]
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(cfg["optim"]["lr"])  # warmup from 0 (1 step)
     assert cfg["model"]["embed_dim"] == 96  # model sizes resolved

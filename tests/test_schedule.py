@@ -1,6 +1,6 @@
 """lr / wd schedules against the official VideoMAE V2 curve (utils.cosine_scheduler, indexed per
-iteration, with run_mae_pretraining.py scaling --lr and --min_lr by the global batch / 256 and
-passing no start value to the warmup, so it rises from 0)."""
+iteration, with run_mae_pretraining.py scaling --lr and --min_lr by the videos per step
+(batch_size × world) / 256 and passing no start value to the warmup, so it rises from 0)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import pytest
 
 from giant.config import OptimConfig, load_config
 from giant.engine.deepspeed import load_ds_json, merge_ds_config, resolve_optim
-from giant.engine.schedule import end_lr, lr_at, peak_lr, resolve_lrs, wd_at
+from giant.engine.schedule import end_lr, lr_at, peak_lr, resolve_lrs, videos_per_step, wd_at
 from giant.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,8 @@ def _optim(**kw) -> OptimConfig:
 def test_vitg_recipe_reproduces_the_official_curve():
     cfg = load_config(REPO / "launch/recipes/pretrain_vitg_hybrid.yaml")
     ds = merge_ds_config(load_ds_json("ds_configs/zero2.json"), cfg, 64, "zero2")[0]
-    optim = resolve_optim(cfg.optim, ds["train_batch_size"])
+    assert ds["train_batch_size"] == 8192  # clips: 2048 videos × --num_sample 4
+    optim = resolve_optim(cfg.optim, 64)
     # official vit_g_hybrid_pt.sh: --lr 6e-4, default --min_lr 1e-5, 32 videos × 64 GPUs = 2048
     assert optim.lr == pytest.approx(6e-4 * 2048 / 256) == pytest.approx(4.8e-3)
     assert optim.min_lr == pytest.approx(1e-5 * 2048 / 256) == pytest.approx(8e-5)
@@ -72,13 +73,22 @@ def test_absolute_overrides_and_warmup_start():
     assert (resolved.lr, resolved.min_lr) == (1e-3, 1e-5)
     cfg = load_config(REPO / "launch/recipes/pretrain_vitg_hybrid.yaml",
                       ["optim.min_lr=1e-6", "optim.warmup_lr=1e-6"])
-    optim = resolve_lrs(cfg.optim, 8192)
+    optim = resolve_lrs(cfg.optim, 2048)
     assert optim.lr == pytest.approx(4.8e-3) and optim.min_lr == 1e-6
     assert lr_at(0, optim) == 1e-6 and lr_at(optim.warmup_steps - 1, optim) == pytest.approx(4.8e-3)
     with pytest.raises(ConfigError, match="optim.min_lr=-1.0: learning rates must be >= 0"):
         load_config(None, ["optim.min_lr=-1"])
     with pytest.raises(ConfigError, match="optim.lr / optim.min_lr are unresolved"):
         lr_at(0, _optim(min_lr=None))
+
+
+def test_lr_scales_with_videos_per_step():
+    """run_class_finetuning.py: total_batch_size = batch_size × update_freq × world; lr, min_lr ×=
+    total_batch_size / 256. The repeated clips (--num_sample) are not in it."""
+    cfg = OptimConfig(batch_size=3, accum_steps=2, blr=1e-3, min_blr=1e-6)
+    assert videos_per_step(cfg, 16) == 96  # 3 × 2 × 16
+    assert (peak_lr(cfg, 96), end_lr(cfg, 96)) == pytest.approx((3.75e-4, 3.75e-7), rel=1e-12)
+    assert peak_lr(cfg, 192) == pytest.approx(2 * peak_lr(cfg, 96))
 
 
 def test_wd_schedule():

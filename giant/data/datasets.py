@@ -17,8 +17,9 @@ from torch.utils.data import Dataset
 
 from giant.data.decode import BACKENDS, VideoDecodeError, clip_range, open_video
 from giant.data.manifest import VideoEntry, load_entries
-from giant.data.sampling import (dense_indices, dense_test_views, segment_indices,
-                                 segment_test_views, spatial_crop_offsets, union_indices)
+from giant.data.sampling import (centre_crop_offset, dense_indices, dense_test_views,
+                                 finetune_window, segment_indices, segment_test_views,
+                                 spatial_crop_offsets, union_indices)
 from giant.data.seeding import derive_seed  # re-exported: tests and callers import it here
 from giant.data.transforms import (PRETRAIN_SCALES, VideoRandAugment, crop, crop_resize,
                                    cube_erase, frames_to_tensor, multi_scale_crop_box,
@@ -188,7 +189,8 @@ class PretrainClips(VideoDataset):
                      for _ in range(self.num_sample)]
         else:
             boxes = self.crop_boxes(h, w, rng)
-        clips = [crop_resize(video, box, self.size) for box in boxes]
+        # antialiased: the official pre-training crops resize with PIL's bilinear
+        clips = [crop_resize(video, box, self.size, antialias=True) for box in boxes]
         if self.flip:
             clips = [c.flip(-1) if rng.random() < 0.5 else c for c in clips]
         return stack_cthw(clips)
@@ -205,9 +207,10 @@ class PretrainClips(VideoDataset):
 
 
 class LabeledClips(VideoDataset):
-    """Fine-tuning / validation clips. train=True: random window or random TSN frames, then per
-    repeat RandAugment (same ops on every frame) → random resized crop → flip → cube erasing.
-    train=False: centred window or segment middles, short-side resize, centre crop.
+    """Fine-tuning / validation clips, as the official VideoClsDataset / RawFrameClsDataset take
+    them. train=True: random window or random TSN frames, then per repeat RandAugment (same ops
+    on every frame) → random resized crop → flip → cube erasing. train=False: centred window or
+    segment middles, short-side resize, centre crop. Resizes are not antialiased (official).
 
     Item: video uint8 [C, T, H, W] ([R, C, T, H, W] when num_sample R > 1), label int."""
 
@@ -225,7 +228,7 @@ class LabeledClips(VideoDataset):
         self.num_frames, self.size, self.sampling_rate = num_frames, size, sampling_rate
         self.sampling, self.train = sampling, train
         self.num_sample = num_sample if train else 1
-        self.randaug = VideoRandAugment(rand_augment, size, mean) if train and rand_augment else None
+        self.randaug = VideoRandAugment(rand_augment, size) if train and rand_augment else None
         self.flip, self.reprob = flip, reprob
         self.short_side = max(short_side, size)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -243,7 +246,7 @@ class LabeledClips(VideoDataset):
         rng = rng if self.train else None
         if self.sampling == "segments":
             return segment_indices(start, end, self.num_frames, rng)
-        return dense_indices(start, end, self.num_frames, self.sampling_rate, rng)
+        return finetune_window(start, end, self.num_frames, self.sampling_rate, rng)
 
     def _augment(self, video: torch.Tensor, rng) -> torch.Tensor:
         if self.randaug is not None:
@@ -261,7 +264,7 @@ class LabeledClips(VideoDataset):
             out = to_cthw(clips[0]) if self.num_sample == 1 else stack_cthw(clips)
         else:
             video = resize_short_side(video, self.short_side)
-            top, left = spatial_crop_offsets(*video.shape[-2:], self.size, 1)[0]
+            top, left = centre_crop_offset(*video.shape[-2:], self.size)
             out = to_cthw(crop(video, top, left, self.size))
         return {"video": out, "label": entry.label}
 
@@ -271,7 +274,9 @@ class LabeledClips(VideoDataset):
 
 
 class TestViews(VideoDataset):
-    """Multi-view test: K temporal × S spatial views of one video, decoded ONCE.
+    """Multi-view test: K temporal × S spatial views of one video, decoded ONCE; the views are
+    the official test mode's (sampling.dense_test_views / segment_test_views, S crops along the
+    long side after a short-side resize without antialiasing).
 
     Item: video uint8 [K·S, C, T, H, W] (temporal-major: view = k·S + s), label, index, valid.
     An unreadable video gives zeros with valid=False so the evaluator can exclude and report it

@@ -10,8 +10,12 @@ VideoMAE V2 curve (`utils.cosine_scheduler` there, indexed by iteration):
   * then a half cosine from the peak towards `min_lr` over the remaining steps: step
     `warmup_steps + i` of `n = total_steps − warmup_steps` gets
     min_lr + ½(lr − min_lr)(1 + cos(π·i/n)), so the last step sits just above `min_lr`.
-Peak and end are both scaled by the global batch (`blr`, `min_blr`), as the official script
-scales `--lr` and `--min_lr`; `lr` / `min_lr` set absolute values instead.
+Peak and end are both scaled by the VIDEOS one step consumes (`blr`, `min_blr` × videos / 256),
+as the official scripts scale `--lr` and `--min_lr` by `batch_size × world / 256` (VideoMAE V2
+run_mae_pretraining.py and run_class_finetuning.py, AdaMAE, MAE-ST pre-training): the clips that
+repeated augmentation (`data.num_sample`) makes from each video are not counted, so changing it
+leaves the lr alone. (MAE-ST's main_finetune.py alone counts its repeats too; its recipe states
+blr × repeats instead.) `lr` / `min_lr` set absolute values instead.
 """
 from __future__ import annotations
 
@@ -22,28 +26,31 @@ from giant.config import OptimConfig
 from giant.errors import ConfigError
 
 
-def _scaled(absolute, base: float, global_batch_clips: int) -> float:
-    return float(absolute) if absolute is not None else base * global_batch_clips / 256.0
+def videos_per_step(cfg: OptimConfig, world_size: int) -> int:
+    """Videos one optimizer step consumes: videos/GPU × accum_steps × GPUs (the official
+    `batch_size × update_freq × world`). Each yields data.num_sample clips, which the lr rule
+    does not count."""
+    return cfg.batch_size * cfg.accum_steps * world_size
 
 
-def peak_lr(cfg: OptimConfig, global_batch_clips: int) -> float:
-    """Absolute peak lr: `cfg.lr` if set, else blr · global_batch / 256.
-
-    The global batch counts every clip the optimizer sees in one step, repeated-augmentation
-    clips included (videos/GPU × num_sample × GPUs × accum_steps), as in the official recipes.
-    """
-    return _scaled(cfg.lr, cfg.blr, global_batch_clips)
+def _scaled(absolute, base: float, global_batch_videos: int) -> float:
+    return float(absolute) if absolute is not None else base * global_batch_videos / 256.0
 
 
-def end_lr(cfg: OptimConfig, global_batch_clips: int) -> float:
-    """Absolute lr the cosine decays to: `cfg.min_lr` if set, else min_blr · global_batch / 256."""
-    return _scaled(cfg.min_lr, cfg.min_blr, global_batch_clips)
+def peak_lr(cfg: OptimConfig, global_batch_videos: int) -> float:
+    """Absolute peak lr: `cfg.lr` if set, else blr · videos per step / 256 (`videos_per_step`)."""
+    return _scaled(cfg.lr, cfg.blr, global_batch_videos)
 
 
-def resolve_lrs(cfg: OptimConfig, global_batch_clips: int) -> OptimConfig:
-    """Copy with the absolute `lr` and `min_lr` filled in for this global batch."""
-    return dataclasses.replace(cfg, lr=peak_lr(cfg, global_batch_clips),
-                               min_lr=end_lr(cfg, global_batch_clips))
+def end_lr(cfg: OptimConfig, global_batch_videos: int) -> float:
+    """Absolute lr the cosine decays to: `cfg.min_lr` if set, else min_blr · videos per step / 256."""
+    return _scaled(cfg.min_lr, cfg.min_blr, global_batch_videos)
+
+
+def resolve_lrs(cfg: OptimConfig, global_batch_videos: int) -> OptimConfig:
+    """Copy with the absolute `lr` and `min_lr` filled in for this many videos per step."""
+    return dataclasses.replace(cfg, lr=peak_lr(cfg, global_batch_videos),
+                               min_lr=end_lr(cfg, global_batch_videos))
 
 
 def _cosine(start: float, end: float, progress: float) -> float:
@@ -55,7 +62,7 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     """lr for optimizer step `step` (0-based). Needs a resolved config (`lr`, `min_lr` set)."""
     if cfg.lr is None or cfg.min_lr is None:
         raise ConfigError("optim.lr / optim.min_lr are unresolved: call resolve_lrs() with the "
-                          "global batch first (giant.engine.deepspeed.resolve_optim does this)")
+                          "videos per step first (giant.engine.deepspeed.resolve_optim does this)")
     warmup = cfg.warmup_steps
     if step < warmup:
         # linspace semantics: warmup − 1 intervals, so step warmup − 1 is at the peak

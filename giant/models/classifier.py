@@ -32,16 +32,16 @@ class VideoClassifier(VideoViT):
 
     @torch.no_grad()
     def init_module(self, m: nn.Module) -> None:
-        """trunc_normal(0.02) Linear / zero bias; head bias N(0.02), head scaled by init_scale
-        (SPEC §1). Touches only m's own parameters (one gathered module at a time)."""
+        """trunc_normal(0.02) Linear weights, zero biases, the head's weight then scaled by
+        init_scale. The head bias starts at 0 as in the official model (its init zeroes every
+        Linear bias before the scaling). Touches only m's own parameters (one gathered module
+        at a time)."""
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
-            if m is self.head:
-                nn.init.trunc_normal_(m.bias, std=0.02)
-                m.weight.mul_(self.cfg.init_scale)
-                m.bias.mul_(self.cfg.init_scale)
-            elif m.bias is not None:
+            if m.bias is not None:
                 nn.init.zeros_(m.bias)
+            if m is self.head:
+                m.weight.mul_(self.cfg.init_scale)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

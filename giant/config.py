@@ -149,26 +149,34 @@ class DataConfig:
     # seconds a loader worker may take for one batch before the run stops with an error naming
     # this setting (a hung decode or network mount would otherwise block forever); 0 = wait forever
     loader_timeout_s: float = 600.0
+    # batches each loader worker prepares ahead; with num_workers they bound the shared memory
+    # (/dev/shm) the loader holds, checked at start-up (giant/data/loader.py)
+    prefetch_factor: int = 2
+    # training loaders keep their workers across epochs (no re-fork and re-import per epoch;
+    # the epoch reaches them through shared memory, so samples stay the same)
+    persistent_workers: bool = True
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and schedule (giant/engine/schedule.py), the official VideoMAE V2 curve: linear
     warmup from `warmup_lr` to the peak over `warmup_steps` (the last warmup step at the peak),
-    then a half cosine to the end value at `total_steps`. Peak and end scale with the global
-    batch (videos/GPU × data.num_sample × GPUs × accum_steps clips) / 256, as the official
-    script scales its --lr and --min_lr; `lr` / `min_lr` override them with absolute values."""
+    then a half cosine to the end value at `total_steps`. Peak and end scale with the VIDEOS per
+    step (videos/GPU × GPUs × accum_steps) / 256, as the official scripts scale --lr and
+    --min_lr; the data.num_sample clips of each video are not counted, so repeated augmentation
+    leaves the lr alone. `lr` / `min_lr` override them with absolute values."""
 
     batch_size: int = 2  # videos per GPU per micro-step (each gives data.num_sample clips)
     accum_steps: int = 1
     total_steps: int = 100
     warmup_steps: int = 10
-    lr: Optional[float] = None  # absolute peak lr; None = blr · global_batch / 256
+    lr: Optional[float] = None  # absolute peak lr; None = blr · videos per step / 256
     blr: float = 1.5e-4
-    # absolute end lr; None = min_blr · global_batch / 256
+    # absolute end lr; None = min_blr · videos per step / 256
     min_lr: Optional[float] = None
-    # official --min_lr 1e-5 per 256 VIDEOS = 2.5e-6 per 256 clips at 4 repeats (ViT-g: 8e-5)
-    min_blr: float = 2.5e-6
+    # official pre-training --min_lr 1e-5 per 256 videos (ViT-g: × 2048 / 256 = 8e-5); the
+    # official fine-tuning default is 1e-6, which its recipes state
+    min_blr: float = 1e-5
     warmup_lr: float = 0.0  # absolute lr of step 0 (official: 0)
     weight_decay: float = 0.05
     weight_decay_end: Optional[float] = None  # cosine wd schedule end; None = constant
@@ -228,6 +236,15 @@ class PrecisionConfig:
     # BF16, else FP32; resolved once per run (engine/precision.py) and recorded resolved.
     encoder: str = "auto"
     decoder: str = "fp32"  # kept as a field so recipes state it; anything else is refused
+    # tf32 | fp32: how a GPU runs the FP32 matmuls (decoder, encoder_to_decoder, heads). tf32 rounds
+    # their inputs to TF32 on the tensor cores and accumulates in FP32 (the official code's
+    # setting; weights, activations and the loss stay FP32 either way). No effect on CPUs.
+    decoder_matmul: str = "tf32"
+    # auto | model | block: where the low-precision trunk casts. model: once into it and once out
+    # (a BF16/FP16 residual stream, as the official autocast); block: in and out of every block
+    # (an FP32 residual stream, two full casts per block). auto: model on GPUs, block elsewhere
+    # (the CPU results recorded so far come from it).
+    cast: str = "auto"
 
 
 @dataclass
@@ -241,6 +258,11 @@ class EngineConfig:
     compile_backend: str = "inductor"  # any torch.compile backend (aot_eager to debug a failure)
     compile_mode: str = ""  # "" = default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     dist_backend: str = ""  # "" = nccl on GPU, gloo on CPU
+    # SDPA kernel priority on GPUs: auto (cuDNN first on Hopper, torch's own order elsewhere) or a
+    # comma list of cudnn, flash, efficient, math, tried in that order; the ones not named follow,
+    # so a kernel that cannot take a shape (FP32 attention) falls through instead of failing.
+    # CPUs keep torch's choice.
+    attention_backends: str = "auto"
 
 
 @dataclass
@@ -383,10 +405,15 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
             raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
         try:
             tree = yaml_load(path.read_text()) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not UTF-8 text (byte {exc.start}); a recipe is YAML "
+                              "(see launch/recipes/)") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {path}: invalid YAML: {exc}") from exc
         where = str(path)
-    tree = _merge(tree, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    from_dict(RunConfig, extra, "override")  # a mistyped override is named as one, not as the recipe's
+    tree = _merge(tree, extra)
     cfg = from_dict(RunConfig, tree, where)
     if cfg.mask.encoder == "adaptive" and cfg.model.sampler == "none":
         cfg.model.sampler = "adaptive"  # the mask strategy implies the model part
@@ -451,6 +478,24 @@ def validate(cfg: RunConfig) -> None:
     act = cfg.engine.activation_checkpointing
     if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
         raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")
+    _validate_speed(cfg)
+
+
+SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
+
+
+def _validate_speed(cfg: RunConfig) -> None:
+    """The GPU speed settings (kernels, casts, loader prefetch): each names its choices."""
+    if cfg.precision.decoder_matmul not in ("tf32", "fp32"):
+        raise ConfigError(f"precision.decoder_matmul={cfg.precision.decoder_matmul!r}: use tf32 or fp32")
+    if cfg.precision.cast not in ("auto", "model", "block"):
+        raise ConfigError(f"precision.cast={cfg.precision.cast!r}: use auto, model or block")
+    names = [n.strip() for n in cfg.engine.attention_backends.split(",")]
+    if names != ["auto"] and (not all(n in SDPA_BACKENDS for n in names) or len(set(names)) != len(names)):
+        raise ConfigError(f"engine.attention_backends={cfg.engine.attention_backends!r}: use auto or a "
+                          f"comma list of distinct {', '.join(SDPA_BACKENDS)} (e.g. cudnn,flash)")
+    if cfg.data.prefetch_factor < 1:
+        raise ConfigError(f"data.prefetch_factor={cfg.data.prefetch_factor}: must be >= 1")
 
 
 def _validate_methods(cfg: RunConfig) -> None:

@@ -76,6 +76,32 @@ def test_zero2_shrinks_and_grows_mid_run_and_matches_the_uninterrupted_run(synth
 
 
 @pytest.mark.slow
+def test_zero2_on_2_ranks_resumes_as_zero1_on_1_rank_into_fused_adamw(synth_videos, full, tmp_path):
+    """The GPU path's optimizer (fused AdamW) restored from the universal copy of a checkpoint
+    written by another world size and ZeRO stage: its step tensors (FP32 on the parameters'
+    device, the count of steps taken) and the run's continuation (the same loss and weights as
+    the uninterrupted run). Reuses `full`'s 2-rank run: one more 1-rank process."""
+    tag = "step_00000003"
+    shutil.copytree(full / "checkpoints" / tag, tmp_path / "from" / tag)  # `full` stays as it is
+    out, run = tmp_path / "report.json", tmp_path / "fused"
+    proc = run_captured([sys.executable, "tests/_resume_fused_worker.py", str(out),
+                         *_args(synth_videos, run, "ds_configs/zero1.json", "optim.accum_steps=2",
+                                f"checkpoint.resume={tmp_path / 'from' / tag}")], 180, cwd=REPO, env=env())
+    log = _ok(proc)
+    assert "written by 2 ranks with ZeRO-2, re-sharded onto 1 ranks with ZeRO-1" in log
+    report = json.loads(out.read_text())
+    assert report["resumed_at"] == 3 and report["fused"] and all(report["fused"])
+    assert report["steps"] and all(s == {"dtype": "torch.float32", "device": s["param_device"], "param_device": "cpu",
+                                         "value": 3.0} for s in report["steps"])
+    want, got = losses(full), losses(run)
+    assert sorted(got) == [4] and got[4] == pytest.approx(want[4], rel=1e-6, abs=1e-7)
+    a, _ = ck.load_weights(full)
+    b, _ = ck.load_weights(run)
+    for k in a:  # the restored moments and step drove the same update (fused vs for-each rounding)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
 def test_zero3_resumes_on_fewer_ranks_from_a_pre_converted_checkpoint(synth_videos, full, tmp_path):
     run = tmp_path / "z3"
     _ok(two_ranks(synth_videos, run, "stage.stop_after=2", ds="ds_configs/zero3.json"))

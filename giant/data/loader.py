@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from giant.data.seeding import derive_seed
 from giant.errors import DataError
@@ -300,22 +300,110 @@ class TimeoutNamingDataLoader(DataLoader):
         return iterate_with_timeout_errors(it, self.timeout)
 
 
+class SharedEpochDataset(Dataset):
+    """`dataset` for persistent workers: they were forked with the epoch of their first epoch, so
+    `set_epoch` also writes the epoch into a shared-memory tensor, which each worker reads
+    before an item and hands on to its own copy (items are functions of (seed, epoch, index),
+    so they stay the same). Everything else is the wrapped dataset's."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._epoch = torch.full((), int(getattr(dataset, "epoch", 0)), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        epoch = int(self._epoch)
+        if getattr(self.dataset, "epoch", epoch) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # before __init__ set it (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def make_loader(dataset, sampler: Optional[Sampler], batch_size: int, num_workers: int,
                 collate_fn, pin_memory: bool = False, prefetch_factor: int = 2,
-                timeout: float = 0) -> DataLoader:
-    """A DataLoader with the settings the datasets rely on: workers are re-created each epoch
-    (not persistent) so they see `dataset.set_epoch`, one torch thread per worker.
+                timeout: float = 0, persistent: bool = False, item_bytes: int = 0) -> DataLoader:
+    """A DataLoader with the settings the datasets rely on: one torch thread per worker, and
+    workers that see `dataset.set_epoch` (re-created each epoch, or with `persistent` kept and
+    told through shared memory: SharedEpochDataset).
 
     `timeout`: seconds a worker may take for one batch (pass `cfg.data.loader_timeout_s`);
     0 = wait forever. Past it, iterating raises DataError naming data.loader_timeout_s. With
-    num_workers=0 batches are built in this process and no timeout applies."""
+    num_workers=0 batches are built in this process and no timeout applies. `item_bytes`: the
+    bytes one item puts into shared memory, for check_shared_memory (0 = no check)."""
     if timeout < 0:
         raise DataError(f"{TIMEOUT_SETTING}={timeout:g}: use seconds > 0, or 0 to wait forever")
+    persistent = persistent and num_workers > 0
+    if item_bytes and num_workers > 0:
+        check_shared_memory(item_bytes * batch_size, num_workers, prefetch_factor)
     return TimeoutNamingDataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False, persistent_workers=False,
-        worker_init_fn=_worker_init, prefetch_factor=prefetch_factor if num_workers > 0 else None,
-        timeout=timeout if num_workers > 0 else 0)
+        SharedEpochDataset(dataset) if persistent else dataset, batch_size=batch_size, sampler=sampler,
+        num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,
+        persistent_workers=persistent, worker_init_fn=_worker_init,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None, timeout=timeout if num_workers > 0 else 0)
+
+
+# ----------------------------------------------------------------------------- shared memory
+SHM = "/dev/shm"
+SHM_WARN_SHARE = 0.5  # warn past this share of the free space: other ranks' loaders and peaks need room
+
+
+def clip_item_bytes(clips: int, chans: int, frames: int, size: int, index_tokens: int = 0,
+                    labels: bool = False) -> int:
+    """Bytes one dataset item sends from a worker: `clips` uint8 clips (C, T, H, W), int64 index
+    tensors of `index_tokens` per clip (the masks), int64 labels."""
+    return clips * (chans * frames * size * size + 8 * index_tokens + (8 if labels else 0))
+
+
+def ranks_on_this_node() -> int:
+    """Loaders of every rank on a node share its /dev/shm: LOCAL_WORLD_SIZE (torchrun),
+    SLURM_NTASKS_PER_NODE (srun --ntasks-per-node), else 1."""
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def check_shared_memory(batch_bytes: int, num_workers: int, prefetch_factor: int,
+                        path: str = SHM) -> Optional[str]:
+    """Workers hand batches to their rank through shared memory, `prefetch_factor` each ahead:
+    up to batch × workers × prefetch per rank, × the ranks of the node, live in `path` at once.
+    A container's small /dev/shm then kills the run with a bus error mid-epoch, so: a DataError
+    when the estimate exceeds the free space, a warning past half of it. → the warning or None."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:  # no /dev/shm (not Linux): torch shares memory another way there
+        return None
+    ranks = ranks_on_this_node()
+    need = batch_bytes * num_workers * prefetch_factor * ranks
+    if need <= SHM_WARN_SHARE * free:
+        return None
+    fit = int(SHM_WARN_SHARE * free // max(1, batch_bytes * prefetch_factor * ranks))
+    fixes = [f"data.num_workers={fit}" if fit >= 1 else "data.num_workers=0 (batches built in the rank)"]
+    if prefetch_factor > 1:
+        fixes.append("data.prefetch_factor=1")
+    gib = 2 ** 30
+    msg = (f"the data loaders need about {need / gib:.1f} GiB of shared memory ({batch_bytes / gib:.2f} GiB "
+           f"per batch × data.num_workers={num_workers} × data.prefetch_factor={prefetch_factor} × "
+           f"{ranks} rank(s) on this node) and {path} has {free / gib:.1f} GiB free: set "
+           f"{' or '.join(fixes)}, or give the container more shared memory (docker --shm-size)")
+    if need > free:
+        raise DataError(msg)
+    log.warning("%s", msg)
+    return msg
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

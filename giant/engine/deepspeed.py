@@ -23,8 +23,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from giant.config import OptimConfig, RunConfig
-from giant.engine.precision import LossScaleConfig, LossScaler, apply_precision, build_loss_scaler
-from giant.engine.schedule import resolve_lrs
+from giant.engine.precision import LossScaleConfig, LossScaler, apply_precision, build_loss_scaler, cuda_bf16
+from giant.engine.schedule import resolve_lrs, videos_per_step
 from giant.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,14 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, int, torch.device]:
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"stage.device={dev!r} but no CUDA device is visible; use stage.device=cpu")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = local_device_index(local_rank, torch.cuda.device_count(), dev)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+        # DeepSpeed takes LOCAL_RANK as the device index (its engine's set_device, zero.Init's
+        # local device): under one GPU per task that is 0 on every rank, not the node-local rank
+        os.environ["LOCAL_RANK"] = str(index)
+        if "OMPI_COMM_WORLD_LOCAL_RANK" in os.environ:  # DeepSpeed asserts that the two agree
+            os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] = str(index)
     else:
         device = torch.device(dev)
     backend = cfg.engine.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -81,6 +87,30 @@ def init_distributed(cfg: RunConfig) -> tuple[int, int, int, torch.device]:
             _skip_shm_allreduce_op()
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device
+
+
+def local_device_index(local_rank: int, visible: int, requested: str = "cuda") -> int:
+    """The CUDA index (among the devices this process sees) of a rank with node-local rank
+    `local_rank`. One visible device (Slurm's one GPU per task: --gpus-per-task=1,
+    --gpu-bind=single:1, CUDA_VISIBLE_DEVICES with one entry) → 0 on every rank; all of the
+    node's devices visible (torchrun, deepspeed) → the local rank. A local rank beyond several
+    visible devices is ambiguous (which of them is this rank's depends on how Slurm laid the
+    tasks out), so it is an error, unless stage.device=cuda:N names the index."""
+    if ":" in requested:
+        index = requested.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= visible:
+            raise ConfigError(f"stage.device={requested!r}: this process sees {visible} CUDA device(s), "
+                              f"indices 0..{visible - 1}; use stage.device=cuda to pick by LOCAL_RANK")
+        return int(index)
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise ConfigError(
+        f"LOCAL_RANK={local_rank} but this process sees {visible} GPUs (CUDA_VISIBLE_DEVICES={shown}), "
+        "so which one is its own is ambiguous: give each task one GPU (srun --gpus-per-task=1 or "
+        "--gpu-bind=single:1), or let every task see all of the node's GPUs (no GPU binding)")
 
 
 # ----------------------------------------------------------------------------- config merge
@@ -99,17 +129,17 @@ def load_ds_json(path: str | Path) -> dict:
     p = find_ds_config(str(path))
     try:
         data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: invalid JSON: {exc}") from exc
+    except ValueError as exc:  # not JSON, or not even text (UnicodeDecodeError)
+        raise ConfigError(f"{p}: invalid JSON: {exc} (--ds takes a DeepSpeed JSON, see ds_configs/)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a JSON object at the top level")
     return data
 
 
-def resolve_optim(optim: OptimConfig, global_batch_clips: int) -> OptimConfig:
-    """Copy with the absolute peak and end lr filled in (blr / min_blr scaled by the global
-    batch incl. repeats)."""
-    return resolve_lrs(optim, global_batch_clips)
+def resolve_optim(optim: OptimConfig, world_size: int) -> OptimConfig:
+    """Copy with the absolute peak and end lr filled in (blr / min_blr scaled by the videos per
+    step, repeats not counted, as the official scripts)."""
+    return resolve_lrs(optim, videos_per_step(optim, world_size))
 
 
 def _owned_values(cfg: RunConfig, world_size: int) -> dict[str, tuple[Any, str]]:
@@ -422,6 +452,12 @@ class EngineInfo:
     global_batch_clips: int
 
 
+def adamw_fused(device: torch.device, offload: bool) -> bool:
+    """Fused AdamW (one kernel over all tensors) where the parameters live on a GPU; CPU runs keep
+    the for-each implementation their recorded results were made with."""
+    return device.type == "cuda" and not offload
+
+
 def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.device, offload: bool) -> Any:
     """torch AdamW (no JIT build); DeepSpeedCPUAdam only for GPU runs with optimizer offload."""
     kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
@@ -429,7 +465,80 @@ def _build_optimizer(groups: list[dict], optim: OptimConfig, device: torch.devic
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
-    return torch.optim.AdamW(groups, fused=device.type == "cuda" and not offload, **kwargs)
+    return torch.optim.AdamW(groups, fused=adamw_fused(device, offload), **kwargs)
+
+
+def match_step_tensors(optimizer: Any) -> int:
+    """Put every AdamW `step` where torch's own Optimizer.load_state_dict would: an FP32 tensor
+    on the parameter's device for fused / capturable groups, a tensor in any case. DeepSpeed's
+    universal-checkpoint load (a resume on another world size) stores each group's step as read
+    from disk, a CPU tensor, which fused AdamW on a GPU cannot take. → how many were changed."""
+    changed = 0
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state or "step" not in state:
+                continue
+            step = state["step"]
+            fixed = step if torch.is_tensor(step) else torch.tensor(float(step), dtype=torch.float32)
+            if on_device:
+                fixed = fixed.to(dtype=torch.float32, device=p.device)
+            if fixed is not step:
+                state["step"] = fixed
+                changed += 1
+    return changed
+
+
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")  # how this process runs AdamW, not what it learnt
+
+
+def _match_steps_after_load(engine: Any) -> None:
+    """engine.load_checkpoint, then the optimizer under the ZeRO wrapper as this run built it:
+    loads copy the saved param-group settings over the live ones (a checkpoint written on a CPU
+    says fused=False), so the implementation flags are put back, then match_step_tensors."""
+    load = engine.load_checkpoint
+
+    def load_checkpoint(*args: Any, **kwargs: Any) -> Any:
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+        groups = getattr(inner, "param_groups", None)
+        if groups is None:
+            return load(*args, **kwargs)
+        built = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in groups]
+        out = load(*args, **kwargs)
+        for group, flags in zip(inner.param_groups, built):
+            group.update(flags)
+        if match_step_tensors(inner):
+            log.debug("AdamW step counts moved to the parameters' device after the load")
+        return out
+
+    engine.load_checkpoint = load_checkpoint  # instance attribute: the engine class is untouched
+
+
+def fit_to_device(ds: dict, device: torch.device, world_size: int) -> dict:
+    """The merged JSON for this device: low-precision gradient communication
+    (communication_data_type) is for several GPUs that compute in it. Elsewhere ZeRO reduces in
+    FP32: CPU results stay exact, a lone GPU does not round its gradients for no traffic, and a
+    GPU without BF16 is not sent BF16."""
+    comm = ds.get("communication_data_type")
+    if comm not in ("bf16", "fp16"):
+        return ds
+    gpu = device.type == "cuda" and (comm != "bf16" or cuda_bf16(device))
+    if gpu and world_size > 1:
+        return ds
+    (log.info if device.type == "cuda" else log.debug)(
+        "communication_data_type=%s left out: gradients are reduced in fp32 on %d %s rank(s)", comm, world_size,
+        device.type)
+    return {k: v for k, v in ds.items() if k != "communication_data_type"}
+
+
+def _device_kernels(model: nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    """The precision policy and the GPU kernel choices, before checkpointing / compile wrap blocks."""
+    from giant.engine.kernels import apply_attention_priority, set_fp32_matmul
+
+    apply_precision(model, cfg.precision.encoder, device.type, cfg.precision.cast)
+    set_fp32_matmul(cfg.precision.decoder_matmul, device)
+    apply_attention_priority(model, cfg.engine.attention_backends, device)
 
 
 def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
@@ -449,11 +558,12 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     if cfg.precision.encoder == "fp16" and stage == 0:
         raise ConfigError(f"{cfg.engine.ds_config}: precision.encoder=fp16 needs ZeRO stage >= 1 "
                           "(loss scaling lives in the ZeRO optimizer); use ds_configs/zero1.json or higher")
-    optim = resolve_optim(cfg.optim, ds["train_batch_size"])
+    optim = resolve_optim(cfg.optim, world)
     offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     if offload and device.type == "cuda":
         ds.pop("zero_force_ds_cpu_optimizer", None)
-    apply_precision(model, cfg.precision.encoder, device.type)
+    ds = fit_to_device(ds, device, world)
+    _device_kernels(model, cfg, device)
     apply_activation_checkpointing(model, cfg.engine.activation_checkpointing)
     if cfg.engine.compile:
         n = apply_compile(model, cfg.engine.compile_backend, cfg.engine.compile_mode)
@@ -469,6 +579,7 @@ def build_engine(model: nn.Module, cfg: RunConfig, device: torch.device,
     if load_universal:
         engine_cfg["checkpoint"] = {**engine_cfg.get("checkpoint", {}), "load_universal": True}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=engine_cfg)
+    _match_steps_after_load(engine)
     info = EngineInfo(ds_config=ds, optim=optim, world_size=world, zero_stage=stage,
                       loss_scaler=build_loss_scaler(cfg.precision.encoder, scale_cfg),
                       global_batch_clips=ds["train_batch_size"])

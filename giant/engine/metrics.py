@@ -21,15 +21,32 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by device-name substring; fp32 uses TF32 peaks.
-_PEAK_TFLOPS = {
-    "H200": {"low": 989.0, "fp32": 494.0},
-    "H100": {"low": 989.0, "fp32": 494.0},
-    "A100": {"low": 312.0, "fp32": 156.0},
-    "L40S": {"low": 362.0, "fp32": 183.0},
-    "A10G": {"low": 125.0, "fp32": 62.5},
-    "V100": {"low": 125.0, "fp32": 15.7},
-}
+# Dense (no 2:4 sparsity) BF16/FP16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets (which
+# print the sparse figure, twice these); fp32 runs count against the dense TF32 peak. Matched as a
+# substring of torch.cuda.get_device_name, first match wins: the variants share a family name
+# ("NVIDIA H100 80GB HBM3" is the SXM part, "NVIDIA H100 PCIe", "NVIDIA H100 NVL") and differ in
+# clocks and power, so one H100 figure would misstate MFU by up to 30%.
+_PEAK_TFLOPS = (
+    ("H200 NVL", {"low": 835.5, "fp32": 417.5}),
+    ("H200", {"low": 989.4, "fp32": 494.7}),  # H200 SXM; GH200's GPU is the same part
+    ("H100 NVL", {"low": 835.5, "fp32": 417.5}),
+    ("H100 PCIe", {"low": 756.5, "fp32": 378.0}),
+    ("H100", {"low": 989.4, "fp32": 494.7}),  # SXM5 (HBM3); H800 SXM is the same
+    ("H800", {"low": 989.4, "fp32": 494.7}),
+    ("A100", {"low": 312.0, "fp32": 156.0}),  # SXM4 and PCIe, 40 and 80 GB
+    ("A800", {"low": 312.0, "fp32": 156.0}),
+    ("L40S", {"low": 362.0, "fp32": 183.0}),
+    ("A10G", {"low": 125.0, "fp32": 62.5}),
+    ("V100", {"low": 125.0, "fp32": 15.7}),
+)
+
+
+def peak_for_name(name: str, precision: str = "bf16") -> Optional[float]:
+    """The dense peak (TFLOP/s) for a CUDA device name, or None when the table lacks it."""
+    for key, peaks in _PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return peaks["fp32" if precision == "fp32" else "low"]
+    return None
 
 
 def peak_tflops(device: torch.device | str, precision: str = "bf16") -> Optional[float]:
@@ -42,11 +59,7 @@ def peak_tflops(device: torch.device | str, precision: str = "bf16") -> Optional
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in _PEAK_TFLOPS.items():
-        if key in name:
-            return peaks["fp32" if precision == "fp32" else "low"]
-    return None
+    return peak_for_name(torch.cuda.get_device_name(device), precision)
 
 
 class Throughput:

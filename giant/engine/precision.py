@@ -129,12 +129,32 @@ def _low_modules(model: nn.Module, encoder_precision: str) -> list[nn.Module]:
     return list(describe())
 
 
-def apply_precision(model: nn.Module, encoder_precision: str, device_type: str) -> nn.Module:
+def resolve_cast(cast: str, device_type: str) -> str:
+    """precision.cast → model | block. auto: model on GPUs (one cast into the trunk and one out);
+    block elsewhere, where the CPU results recorded so far were made with it."""
+    if cast == "auto":
+        return "model" if device_type == "cuda" else "block"
+    if cast not in ("model", "block"):
+        raise ConfigError(f"precision.cast={cast!r}: use auto, model or block")
+    return cast
+
+
+def fp32_after(modules: list, cast: str, device_type: str) -> list[bool]:
+    """Per low-precision module (the model lists them in forward order): whether its output is
+    cast back to FP32. model: the last one only, so the residual stream between blocks stays in
+    low precision; block: every one."""
+    one = resolve_cast(cast, device_type) == "model"
+    return [not one or i == len(modules) - 1 for i in range(len(modules))]
+
+
+def apply_precision(model: nn.Module, encoder_precision: str, device_type: str,
+                    cast: str = "auto") -> nn.Module:
     """Run the model's `low_precision_modules()` under autocast; everything else with autocast OFF.
 
     Instance-level forward replacement: state_dict keys, hooks (ZeRO-3 gathers) and the class
-    are untouched. Each low-precision module returns FP32 so whatever follows (the decoder's
-    `encoder_to_decoder`, a classifier's fc_norm and head, the loss) runs in FP32.
+    are untouched. The trunk returns FP32 (after its last module, or after each one with
+    cast=block) so whatever follows (the decoder's `encoder_to_decoder`, a classifier's fc_norm
+    and head, the loss) runs in FP32.
     """
     dtype = low_precision_dtype(encoder_precision)
     if dtype is None or getattr(model, _WRAPPED, False):
@@ -148,21 +168,21 @@ def apply_precision(model: nn.Module, encoder_precision: str, device_type: str) 
         with torch.autocast(device_type=device_type, enabled=False):
             return outer(*args, **kwargs)
 
-    for sub in subs:
-        sub.forward = _autocast_forward(sub.forward, device_type, dtype)
+    for sub, to_fp32 in zip(subs, fp32_after(subs, cast, device_type)):
+        sub.forward = _autocast_forward(sub.forward, device_type, dtype, to_fp32)
     model.forward = fp32_forward
     setattr(model, _WRAPPED, True)
-    log.debug("precision: %d module(s) of %s under %s autocast, rest fp32", len(subs),
-              type(model).__name__, dtype)
+    log.debug("precision: %d module(s) of %s under %s autocast (cast per %s), rest fp32", len(subs),
+              type(model).__name__, dtype, resolve_cast(cast, device_type))
     return model
 
 
-def _autocast_forward(inner: Any, device_type: str, dtype: torch.dtype) -> Any:
+def _autocast_forward(inner: Any, device_type: str, dtype: torch.dtype, to_fp32: bool = True) -> Any:
     @functools.wraps(inner)
     def low_forward(*args: Any, **kwargs: Any) -> Any:
         with torch.autocast(device_type=device_type, dtype=dtype, enabled=True):
             out = inner(*args, **kwargs)
-        return out.float() if torch.is_tensor(out) else out
+        return out.float() if to_fp32 and torch.is_tensor(out) else out
 
     return low_forward
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from giant.engine.precision import low_precision_dtype
+from giant.engine.precision import fp32_after, low_precision_dtype
 from giant.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,17 +52,19 @@ def choose_teacher_precision(requested: str, device: torch.device) -> tuple[str,
     return "fp32", "CPU without native BF16"
 
 
-def _cast_forward(inner: Any, dtype: torch.dtype) -> Any:
+def _cast_forward(inner: Any, dtype: torch.dtype, to_fp32: bool = True) -> Any:
     @functools.wraps(inner)
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return inner(x.to(dtype), *args, **kwargs).float()
+        out = inner(x.to(dtype), *args, **kwargs)
+        return out.float() if to_fp32 else out
 
     return forward
 
 
-def freeze_teacher(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+def freeze_teacher(model: nn.Module, precision: str, device: torch.device, cast: str = "auto") -> nn.Module:
     """Eval mode (no dropout / drop path), no parameter requires grad, backbone weights cast to
-    `precision` (each low-precision module takes FP32 in and gives FP32 out), moved to `device`."""
+    `precision` (the trunk takes FP32 in and gives FP32 out: once, or per block with
+    precision.cast=block, see giant.engine.precision.fp32_after), moved to `device`."""
     model.eval().requires_grad_(False)
     dtype = low_precision_dtype(precision)
     if dtype is not None:
@@ -70,9 +72,10 @@ def freeze_teacher(model: nn.Module, precision: str, device: torch.device) -> nn
         if describe is None:
             raise ConfigError(f"distill.teacher_precision={precision}: {type(model).__name__} does not say "
                               "which modules run in low precision; use fp32")
-        for sub in describe():
+        subs = list(describe())
+        for sub, to_fp32 in zip(subs, fp32_after(subs, cast, torch.device(device).type)):
             sub.to(dtype)
-            sub.forward = _cast_forward(sub.forward, dtype)
+            sub.forward = _cast_forward(sub.forward, dtype, to_fp32)
     return model.to(device)
 
 

@@ -167,9 +167,14 @@ class MaskedVideoAutoencoder(nn.Module):
         return video_BCTHW.float() * self.std + self.mean
 
     @torch.no_grad()
-    def target(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
-        """Per-token, per-channel normalised pixels, (p0 p1 p2 c) order: (B, N, P) fp32."""
-        tok_BNQC = patchify(self.pixels(video_BCTHW), self.cfg.patch_size, self.cfg.tubelet_size)
+    def target(self, video_BCTHW: torch.Tensor, keep_BM: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-token, per-channel normalised pixels, (p0 p1 p2 c) order: (B, N, P) fp32, or only
+        the `keep_BM` tokens (B, M, P). Tokens are taken before anything is computed on them (the
+        decoder keeps half of them), with the same per-element arithmetic as on all tokens."""
+        tok_BNQC = patchify(video_BCTHW.float(), self.cfg.patch_size, self.cfg.tubelet_size)
+        if keep_BM is not None:
+            tok_BNQC = torch.gather(tok_BNQC, 1, keep_BM[:, :, None, None].expand(-1, -1, *tok_BNQC.shape[2:]))
+        tok_BNQC = tok_BNQC * self.std.view(-1) + self.mean.view(-1)  # pixels(), channel last
         mu = tok_BNQC.mean(dim=-2, keepdim=True)
         sd = tok_BNQC.var(dim=-2, unbiased=True, keepdim=True).sqrt()
         return ((tok_BNQC - mu) / (sd + 1e-6)).flatten(2)
@@ -177,7 +182,7 @@ class MaskedVideoAutoencoder(nn.Module):
     def forward_loss(self, video_BCTHW: torch.Tensor, pred_BMP: torch.Tensor,
                      enc_keep_BK: torch.Tensor, dec_keep_BM: torch.Tensor) -> MAEOutput:
         """MSE per token, averaged over tokens that are encoder-masked AND decoder-kept."""
-        tgt_BMP = gather_tokens(self.target(video_BCTHW), dec_keep_BM)
+        tgt_BMP = self.target(video_BCTHW, dec_keep_BM)
         loss, mask_BM = masked_token_mse(pred_BMP, tgt_BMP, enc_keep_BK, dec_keep_BM, self.encoder.num_tokens)
         return MAEOutput(loss=loss, pred=pred_BMP, target=tgt_BMP, loss_mask=mask_BM,
                          enc_keep=enc_keep_BK, dec_keep=dec_keep_BM)

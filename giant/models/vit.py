@@ -67,16 +67,44 @@ def patch_dim(cfg: ModelConfig) -> int:
     return cfg.in_chans * cfg.tubelet_size * cfg.patch_size ** 2
 
 
+# Devices whose cube embedding runs as one matmul: recent cuDNN releases regressed on a BF16
+# Conv3d with kernel = stride (slow fallbacks, missing BF16 backward). Elsewhere the Conv3d stays:
+# the same maths, but other rounding, and the CPU results recorded so far come from it.
+MATMUL_EMBED_DEVICES = ("cuda",)
+
+
+def cube_matmul(x_BCTHW: torch.Tensor, weight_DCtpp: torch.Tensor, bias_D: Optional[torch.Tensor]) -> torch.Tensor:
+    """A Conv3d with kernel = stride = (t, p, p) as reshape + one matmul on weight.view(D, -1):
+    (B, C, T, H, W) → (B, N, D), tokens in the Conv3d's (T', H', W') order."""
+    D, C, t, p, q = weight_DCtpp.shape
+    B, _, T, H, W = x_BCTHW.shape
+    cubes = x_BCTHW.reshape(B, C, T // t, t, H // p, p, W // q, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return F.linear(cubes.reshape(B, -1, C * t * p * q), weight_DCtpp.reshape(D, -1), bias_D)
+
+
+class CubeProjection(nn.Conv3d):
+    """The official `patch_embed.proj` Conv3d (same parameters, same state-dict keys, released
+    weights load as they are) whose forward returns tokens (B, N, D): one matmul on the devices
+    in MATMUL_EMBED_DEVICES, the Conv3d elsewhere. A module of its own, so ZeRO-3 gathers its
+    weight around this forward."""
+
+    def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
+        whole = all(n % k == 0 for n, k in zip(x_BCTHW.shape[2:], self.kernel_size))
+        if whole and x_BCTHW.device.type in MATMUL_EMBED_DEVICES:  # else the Conv3d (drops a rest)
+            return cube_matmul(x_BCTHW, self.weight, self.bias)
+        return super().forward(x_BCTHW).flatten(2).transpose(1, 2)
+
+
 class PatchEmbed3D(nn.Module):
-    """Cube embedding: Conv3d with kernel = stride = (tubelet, p, p)."""
+    """Cube embedding: kernel = stride = (tubelet, p, p) → tokens (B, N, D)."""
 
     def __init__(self, in_chans: int, dim: int, patch: int, tubelet: int):
         super().__init__()
-        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, patch, patch),
-                              stride=(tubelet, patch, patch))
+        self.proj = CubeProjection(in_chans, dim, kernel_size=(tubelet, patch, patch),
+                                   stride=(tubelet, patch, patch))
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        return self.proj(x_BCTHW).flatten(2).transpose(1, 2)  # B N D
+        return self.proj(x_BCTHW)  # B N D
 
 
 class Attention(nn.Module):

@@ -14,7 +14,9 @@ cd "$GIANT_ROOT"
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$GIANT_ROOT/.cache/torch_extensions}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+# Intra-op threads of each rank: the CPUs Slurm grants the task (--cpus-per-task; 1 when it is
+# not set, as giant_srun asks for then). Loader workers run one thread each (giant/data/loader.py).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 export NCCL_ASYNC_ERROR_HANDLING=1
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 # Set NCCL_SOCKET_IFNAME / NCCL_IB_HCA for your fabric here if auto-detection picks wrong.

@@ -28,20 +28,14 @@ generation and AdaMAE's draw (a top-K) are not counted.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import sys
 from typing import Optional
 
 from giant.config import MaskConfig, ModelConfig
-from giant.console import ArgumentParser, fail, out, positive_int, ratio, run
-from giant.errors import ConfigError, GiantError
+from giant.errors import ConfigError
 from giant.masking import running_cell_count
 from giant.models.vit import token_grid
 
 STAGES = ("pretrain", "finetune")
-PROG = "giant flops"
 
 
 def _hidden(dim: int, ratio: float) -> int:
@@ -105,15 +99,50 @@ def decoder_kept_tokens(grid: tuple[int, int, int], mask: MaskConfig, visible: i
     raise ConfigError(f"mask.decoder={mask.decoder!r} is unknown; use running_cell or none")
 
 
+def _pretrain_parts(cfg: ModelConfig, grid: tuple[int, int, int], mask: MaskConfig, parts_macs: dict,
+                    parts_params: dict) -> tuple[int, int]:
+    """Encoder on the visible tokens, the decoder and (AdaMAE) the sampler: fills the two
+    breakdowns in place. → (encoder tokens, decoder tokens)."""
+    n = grid[0] * grid[1] * grid[2]
+    d, hid = cfg.embed_dim, _hidden(cfg.embed_dim, cfg.mlp_ratio)
+    maest = cfg.arch == "maest"
+    cls = 1 if maest else 0
+    dd = cfg.decoder_embed_dim
+    dhid = _hidden(dd, cfg.decoder_mlp_ratio)
+    out = _target_values(cfg)
+    visible = visible_tokens(grid, mask)
+    kept = decoder_kept_tokens(grid, mask, visible)
+    enc_tokens, dec_tokens = visible + cls, visible + kept + cls
+    parts_macs["encoder_blocks"] = cfg.depth * block_macs(enc_tokens, d, hid)
+    parts_macs["encoder_to_decoder"] = visible * d * dd
+    parts_macs["decoder_blocks"] = cfg.decoder_depth * block_macs(dec_tokens, dd, dhid)
+    parts_macs["decoder_head"] = kept * dd * out
+    parts_params.update(
+        norm=2 * d,
+        encoder_to_decoder=d * dd + (dd if maest else 0),
+        mask_token=dd,
+        decoder_blocks=cfg.decoder_depth * (block_params(dd, dhid) + (dd if maest else 0)),
+        decoder_norm=2 * dd,
+        decoder_head=dd * out + out,
+    )
+    if maest:
+        parts_params["decoder_tokens"] = _tables(grid, dd)
+    if mask.encoder == "adaptive":
+        parts_macs["sampler"] = block_macs(n, d, 4 * d) + n * d
+        parts_params["sampler"] = sampler_params(n, d)
+    return enc_tokens, dec_tokens
+
+
 def count(model_cfg: ModelConfig, stage: str = "pretrain", mask_cfg: Optional[MaskConfig] = None) -> dict:
     """Parameters and forward MACs of one clip, with a per-part breakdown.
 
     `model_cfg` may be unresolved (None fields come from MODEL_SIZES). Fine-tune uses
     `num_classes` (0 = no head). All counts are exact ints.
     """
+    from giant.models import resolve as resolve_model
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r} is unknown; use one of {', '.join(STAGES)}")
-    cfg = model_cfg.resolved()
+    cfg = resolve_model(model_cfg)
     mask = mask_cfg or MaskConfig()
     grid = token_grid(cfg)
     n = grid[0] * grid[1] * grid[2]
@@ -132,29 +161,7 @@ def count(model_cfg: ModelConfig, stage: str = "pretrain", mask_cfg: Optional[Ma
         parts_params["fc_norm"] = 2 * d  # MAE-ST: its pooled `norm`, the same size
         parts_params["head"] = d * c + c if c else 0
     else:
-        dd = cfg.decoder_embed_dim
-        dhid = _hidden(dd, cfg.decoder_mlp_ratio)
-        out = _target_values(cfg)
-        visible = visible_tokens(grid, mask)
-        kept = decoder_kept_tokens(grid, mask, visible)
-        enc_tokens, dec_tokens = visible + cls, visible + kept + cls
-        parts_macs["encoder_blocks"] = cfg.depth * block_macs(enc_tokens, d, hid)
-        parts_macs["encoder_to_decoder"] = visible * d * dd
-        parts_macs["decoder_blocks"] = cfg.decoder_depth * block_macs(dec_tokens, dd, dhid)
-        parts_macs["decoder_head"] = kept * dd * out
-        parts_params.update(
-            norm=2 * d,
-            encoder_to_decoder=d * dd + (dd if maest else 0),
-            mask_token=dd,
-            decoder_blocks=cfg.decoder_depth * (block_params(dd, dhid) + (dd if maest else 0)),
-            decoder_norm=2 * dd,
-            decoder_head=dd * out + out,
-        )
-        if maest:
-            parts_params["decoder_tokens"] = _tables(grid, dd)
-        if mask.encoder == "adaptive":
-            parts_macs["sampler"] = block_macs(n, d, 4 * d) + n * d
-            parts_params["sampler"] = sampler_params(n, d)
+        enc_tokens, dec_tokens = _pretrain_parts(cfg, grid, mask, parts_macs, parts_params)
     if maest:
         parts_params["tokens"] = _tables(grid, d)
     macs = sum(parts_macs.values())
@@ -189,58 +196,3 @@ def _human(x: float, unit: str = "") -> str:
         if x >= scale:
             return f"{x / scale:.2f} {suffix}{unit}"
     return f"{x:.0f} {unit}".rstrip()
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog=PROG,
-        description="Analytic parameters, forward MACs (the papers' 'FLOPs') and training FLOPs per clip.",
-    )
-    p.add_argument("model", help="model size name, e.g. vit_b or vit_g")
-    p.add_argument("--stage", choices=STAGES, default="pretrain")
-    p.add_argument("--frames", type=positive_int, default=16, help="input frames per clip")
-    p.add_argument("--img-size", type=positive_int, default=224)
-    p.add_argument("--mask-ratio", type=ratio, default=0.9, help="encoder mask ratio")
-    p.add_argument("--mask-type", default="tube", choices=("tube", "random", "frame", "block", "adaptive"),
-                   help="encoder mask; adaptive = AdaMAE (counts its sampler)")
-    p.add_argument("--arch", default="videomae", choices=("videomae", "maest"),
-                   help="maest = MAE-ST (cls token, separable positions, sub-sampled target)")
-    p.add_argument("--pred-t-dim", type=positive_int, default=None, help="MAE-ST target frames (default T/tubelet)")
-    p.add_argument("--decoder-mask-ratio", type=ratio, default=0.5, help="running-cell ratio; 0 = VideoMAE V1")
-    p.add_argument("--num-classes", type=positive_int, default=710, help="classifier rows (finetune)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
-
-
-def main(argv: Optional[list] = None) -> int:
-    """`giant flops MODEL ...`; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    model = ModelConfig(name=args.model, num_frames=args.frames, img_size=args.img_size, num_classes=args.num_classes,
-                        arch=args.arch, pred_t_dim=args.pred_t_dim,
-                        sampler="adaptive" if args.mask_type == "adaptive" else "none")
-    dec = "none" if args.decoder_mask_ratio == 0 else "running_cell"
-    mask = MaskConfig(encoder=args.mask_type, ratio=args.mask_ratio, decoder=dec, decoder_ratio=args.decoder_mask_ratio)
-    try:
-        r = count(model, args.stage, mask)
-    except GiantError as e:
-        return fail(PROG, e)
-    if args.json:
-        r["mask"] = dataclasses.asdict(mask) if args.stage == "pretrain" else None
-        out(json.dumps(r, indent=2))
-        return 0
-    lines = [
-        f"{r['model']} {r['stage']} {r['num_frames']}x{r['img_size']} ({r['tokens']} tokens)",
-        f"  params        {r['params']:,}",
-        f"  forward MACs  {_human(r['macs'])}  (papers' 'FLOPs')",
-        f"  train FLOPs   {_human(r['train_flops'])}  (3 x 2 x MACs per clip)",
-        f"  encoder       {_human(r['encoder_macs'])} MACs in blocks on {r['encoder_tokens']} tokens",
-    ]
-    if r["stage"] == "pretrain":
-        lines.append(f"  decoder       {_human(r['decoder_macs'])} MACs in blocks on {r['decoder_tokens']} tokens")
-    lines += [f"    {k:<20}{_human(v)}" for k, v in r["parts_macs"].items()]
-    out("\n".join(lines))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run(PROG, main, None))

@@ -10,7 +10,8 @@
   one of them are never deleted, whatever a record says: a record can be copied or forged.
 
 Every deletion in giant goes through `remove_run_dir` or `remove_checkpoint_dir`; a refusal is a
-GiantError naming the folder and what to do. Imports nothing of giant but errors (it sits below
+GiantError naming the folder and what to do. The same rule keeps a fresh start from writing over
+an earlier run (`prepare_run_dir`). Imports nothing of giant but errors (it sits below
 the engine and the stages, and submit_pipeline.sh calls it without torch).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
-from giant.errors import GiantError
+from giant.errors import ConfigError, GiantError
 
 RECORD = "pipeline_stage.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,10 @@ TAG = r"step_\d{8,}"  # engine/checkpoint.py's tag_for
 CHECKPOINT_NAMES = re.compile(rf"^(\.tmp_|\.old_)?{TAG}$")  # directly inside checkpoints/
 TAG_NAMES = re.compile(r"^(\.tmp_|\.failed_)?universal$")  # directly inside a step_N tag
 TAG_META = "giant_meta.json"  # what makes a step_N folder a complete giant checkpoint
+# What a run that has started training leaves in its directory (config.yaml, ds_config.json
+# and the ERROR/PREEMPTED markers are rewritten by every start and prove nothing);
+# "weights.safetensors" is giant.artifact.WEIGHTS, named here to import nothing of giant.
+RUN_RECORDS = ("checkpoints", "metrics.jsonl", "tensorboard", "images", "weights.safetensors", "summary.json")
 
 
 class DeletionRefused(GiantError):
@@ -162,3 +167,23 @@ def remove_checkpoint_dir(path: str | Path, ignore_errors: bool = False) -> None
     except OSError:
         if not ignore_errors:
             raise
+
+
+def prepare_run_dir(run_dir: str | Path, resume: str) -> None:
+    """Refuse checkpoint.resume=never over an earlier run: the new run would append to its
+    metrics.jsonl and TensorBoard logs, and its later checkpoints would stay next to the new
+    ones (a requeue with resume=auto would then continue the OLD run). Runs before any process
+    group exists; every rank sees the same files, so every rank refuses alike."""
+    if resume != "never":
+        return
+
+    def holds(path: Path) -> bool:  # an empty file or folder (a start that failed) holds nothing
+        return path.stat().st_size > 0 if path.is_file() else path.is_dir() and any(path.iterdir())
+
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_RECORDS if holds(run_dir / name)]
+    if found:
+        raise ConfigError(
+            f"checkpoint.resume=never but {run_dir} already holds a run ({', '.join(found)}); "
+            f"starting over there would mix the two. Use a new stage.run_dir, move or delete "
+            f"{run_dir}, or set checkpoint.resume=auto to continue that run")

@@ -5,7 +5,7 @@ Also works under torchrun, srun (one task per GPU) and as `python launch/distill
 """
 import sys
 
-from giant.stages.distill import main
+from giant.commands.distill import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

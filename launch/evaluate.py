@@ -4,7 +4,7 @@ Also works under torchrun, srun (one task per GPU) and as `python launch/evaluat
 """
 import sys
 
-from giant.stages.evaluate import main
+from giant.commands.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,7 @@ Also works under torchrun, srun (one task per GPU) and as `python launch/finetun
 """
 import sys
 
-from giant.stages.finetune import main
+from giant.commands.finetune import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,7 @@ Also works under torchrun, srun (one task per GPU) and as `python launch/pretrai
 """
 import sys
 
-from giant.stages.pretrain import main
+from giant.commands.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -16,11 +16,14 @@ import deepspeed
 import torch
 
 from giant.config import load_config, to_dict
-from giant.engine.checkpoint import CheckpointManager, export_weights, load_weights
+from giant.engine.checkpoint import CheckpointManager
 from giant.engine.deepspeed import build_engine, construct_model, init_distributed, load_state
+from giant.engine.export import export_weights
 from giant.engine.loop import LoopHooks, train_loop
+from giant.interop import load_weights
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
+from giant.models import resolve as resolve_model
 
 OUT, SCRATCH = Path(sys.argv[1]), Path(sys.argv[2])
 BASE = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.ratio=0.5",
@@ -30,7 +33,7 @@ BASE = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.rati
 
 def data(cfg, rank: int, step: int, n: int):
     """The same per-(rank, step) samples whatever the micro-batch split."""
-    mc = cfg.model.resolved()
+    mc = resolve_model(cfg.model)
     g = torch.Generator().manual_seed(1000 * rank + step)
     x = torch.randn(n, 3, mc.num_frames, mc.img_size, mc.img_size, generator=g)
     enc, dec = MaskGenerator(cfg.mask, token_grid(mc)).batch(n, g)
@@ -56,7 +59,7 @@ def train(overrides: list, per_step: int = 4, ds_json=None, track: bool = False)
     cfg = load_config(None, BASE + overrides + ([f"engine.ds_config={ds_json}"] if ds_json else []))
     rank, _, _, device = init_distributed(cfg)
     torch.manual_seed(0)
-    model = construct_model(cfg, cfg.model.resolved(), "pretrain")  # ZeRO-3: zero.Init
+    model = construct_model(cfg, resolve_model(cfg.model), "pretrain")  # ZeRO-3: zero.Init
     built_partitioned = all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())
     # the dtype zero.Init gave the parameters and their shards (DeepSpeed's _set_dtype bug built
     # BF16 on CPUs without oneDNN fp16, see construct_model)
@@ -117,7 +120,7 @@ def agreement(res: dict) -> None:
 def export_check(res: dict, engine, info, cfg, gathered: dict) -> None:
     """ZeRO-3 checkpoint → weights.safetensors without a process group → plain model."""
     mgr = CheckpointManager(SCRATCH / "z3" / "checkpoints", keep_last=1)
-    meta = {"kind": "pretrain", "model": {"name": "tiny"}, "model_full": to_dict(cfg.model.resolved()),
+    meta = {"kind": "pretrain", "model": {"name": "tiny"}, "model_full": to_dict(resolve_model(cfg.model)),
             "world_size": info.world_size, "zero_stage": info.zero_stage}
     mgr.save(engine, 3, {"step": 3}, meta)
     if torch.distributed.get_rank() == 0:
@@ -130,7 +133,7 @@ def export_check(res: dict, engine, info, cfg, gathered: dict) -> None:
     torch.distributed.barrier()
     # checkpoint.init_from into a model built partitioned (zero.Init): one gathered module at a time
     state, _ = load_weights(SCRATCH / "z3")
-    model = construct_model(cfg, cfg.model.resolved(), "pretrain")
+    model = construct_model(cfg, resolve_model(cfg.model), "pretrain")
     missing, unexpected = load_state(model, state)
     params = dict(model.named_parameters())
     with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):

@@ -10,7 +10,8 @@ import json
 import sys
 
 import giant.engine.deepspeed as gd
-from giant.stages import driver, pretrain
+from giant.commands import pretrain
+from giant.stages import driver
 
 OUT, ARGS = sys.argv[1], sys.argv[2:]
 report: dict = {}

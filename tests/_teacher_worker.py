@@ -12,8 +12,9 @@ import torch
 
 from giant.config import ModelConfig, load_config
 from giant.engine.deepspeed import init_distributed
-from giant.engine.teacher import teacher_logits
+from giant.stages.teacher import teacher_logits
 from giant.stages.distill import load_teacher
+from giant.models import resolve as resolve_model
 
 OUT, TEACHER = Path(sys.argv[1]), sys.argv[2]
 RECIPE = str(Path(__file__).resolve().parents[1] / "launch/recipes/demo_distill.yaml")
@@ -21,7 +22,7 @@ BASE = [f"distill.teacher={TEACHER}", "model.num_frames=4", "model.img_size=32",
 
 cfg = load_config(RECIPE, BASE)
 rank, world, _, device = init_distributed(cfg)
-student = ModelConfig(name="tiny", img_size=32, patch_size=8, num_frames=4, num_classes=4).resolved()
+student = resolve_model(ModelConfig(name="tiny", img_size=32, patch_size=8, num_frames=4, num_classes=4))
 x = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(rank))  # per-rank clips
 res = {"rank": rank, "world": world}
 for precision in ("fp32", "bf16"):

@@ -232,6 +232,8 @@ def demo_run(synth_videos, tmp_path_factory):
 def test_demo_trains_on_two_ranks_with_falling_loss(demo_run):
     losses = [json.loads(line)["loss"] for line in (demo_run / "metrics.jsonl").open()]
     assert len(losses) == STEPS
+    # mean of the last 3 over the first 3, measured with stage.seed 0-5: 0.817 to 0.837; the
+    # bound clears the worst seed by over twice the seeds' spread (room for other CPUs)
     assert sum(losses[-3:]) / 3 < 0.92 * sum(losses[:3]) / 3, losses
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
     assert cfg["model"]["sampler"] == "adaptive" and cfg["mask"]["encoder"] == "adaptive"
@@ -240,7 +242,7 @@ def test_demo_trains_on_two_ranks_with_falling_loss(demo_run):
 def test_demo_writes_images_and_trains_the_sampler(demo_run):
     from PIL import Image
 
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
 
     images = sorted(p.name for p in (demo_run / "images").glob("*.png"))
     assert images == ["reconstruction_step0000005.png", "reconstruction_step0000010.png"]

@@ -36,14 +36,15 @@ def test_argparse_mistakes_are_one_line(capsys):
 def test_a_missing_launcher_binary_is_named(monkeypatch, tmp_path):
     """Checked before the pipeline file is read: nothing is planned or written."""
     from giant.errors import ConfigError
-    from giant.stages import pipeline_cli
+    from giant.commands import pipeline
+    from giant.stages import pipeline_run
 
-    monkeypatch.setattr(pipeline_cli.shutil, "which", lambda name: None)
-    monkeypatch.setattr(pipeline_cli.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(pipeline_run.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pipeline_run.sys, "executable", str(tmp_path / "python"))
     for launcher in ("srun", "deepspeed"):
         with pytest.raises(ConfigError, match=f"--launcher {launcher}: {launcher} is not on PATH"):
-            pipeline_cli.main(["run", str(tmp_path / "absent.yaml"), "--launcher", launcher])
-    pipeline_cli.check_launcher("torchrun")  # this interpreter: always there
+            pipeline.main(["run", str(tmp_path / "absent.yaml"), "--launcher", launcher])
+    pipeline_run.check_launcher("torchrun")  # this interpreter: always there
     assert list(tmp_path.iterdir()) == []
 
 

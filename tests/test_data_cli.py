@@ -1,9 +1,9 @@
-"""`giant data synth | validate | bench` through giant.data.cli.main."""
+"""`giant data synth | validate | bench` through giant.commands.data.main."""
 import shutil
 
 import pytest
 
-from giant.data.cli import main
+from giant.commands.data import main
 from giant.data.manifest import read_manifest
 
 
@@ -89,7 +89,7 @@ def test_validate_sources_yaml_checks_every_listed_clip_once(synth_videos, tmp_p
                                                              capsys):
     import yaml
 
-    import giant.data.cli as cli
+    import giant.data.validate as cli
 
     checked = []
     real = cli.check_entry
@@ -111,7 +111,7 @@ def test_validate_sources_yaml_checks_every_listed_clip_once(synth_videos, tmp_p
 
 
 def test_validate_reports_unexpected_errors_per_entry(synth_videos, tmp_path, monkeypatch, capsys):
-    import giant.data.cli as cli
+    import giant.data.validate as cli
 
     odd = str(synth_videos.videos[1])
     real = cli.check_entry

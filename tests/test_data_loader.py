@@ -167,16 +167,21 @@ def test_loader_epoch_reaches_workers(synth_videos):
 
 
 class _SlowItems(torch.utils.data.Dataset):
-    """Item 1 takes `delay` seconds in the worker: a hung decode, in miniature."""
+    """Item 1 takes `delay` seconds in the worker: a hung decode, in miniature. Item 0 sets
+    `first_done`, so the test needs no clock to know the worker is up."""
 
     def __init__(self, delay: float):
-        self.delay = delay
+        import torch.multiprocessing as mp
+
+        self.delay, self.first_done = delay, mp.Event()
 
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
-        if i == 1:
+        if i == 0:
+            self.first_done.set()
+        else:
             import time
 
             time.sleep(self.delay)
@@ -187,11 +192,13 @@ def test_loader_timeout_names_the_setting():
     from giant.config import DataConfig
 
     assert DataConfig().loader_timeout_s == 600.0
-    # item 0 is instant but the worker must start first: 2 s leaves room on a loaded CI machine
-    loader = make_loader(_SlowItems(4.0), None, 1, 1, lambda xs: xs, timeout=2)
-    it = iter(loader)
+    hung = _SlowItems(60.0)  # the rank's SIGTERM ends the worker at the timeout, not after 60 s
+    it = iter(make_loader(hung, None, 1, 1, lambda xs: xs, timeout=1))
+    # the timeout counts from next(): wait for item 0 first, however long the worker takes to
+    # start on a loaded machine
+    assert hung.first_done.wait(120)
     assert next(it) == [0]
-    with pytest.raises(DataError, match=r"within 2 s \(data.loader_timeout_s=2\)"):
+    with pytest.raises(DataError, match=r"within 1 s \(data.loader_timeout_s=1\)"):
         next(it)
     assert [b for b in make_loader(_SlowItems(0.0), None, 1, 1, lambda xs: xs, timeout=60)] == [[0], [1]]
     with pytest.raises(DataError, match="data.loader_timeout_s=-1: use seconds > 0"):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from giant.data.cli import main
+from giant.commands.data import main
 from giant.data.decode import DecordReader, PyAVReader, open_video
 from giant.data.manifest import VideoEntry, load_entries, read_manifest, write_manifest
-from giant.data.prepare import PrepareSettings, output_size, prepare, window_psnr
+from giant.data.prepare import PrepareSettings, output_size, prepare
+from giant.data.prepare_quality import window_psnr
 from giant.data.synthetic import DIRECTIONS, render_video, write_video
 from giant.errors import DataError
 

@@ -131,7 +131,7 @@ def test_label_noise_leaves_videos_and_held_out_labels_true(tmp_path):
     train_clean.csv holds what it should have said."""
     import pytest
 
-    from giant.data.cli import main
+    from giant.commands.data import main
 
     clean = write_synthetic_set(tmp_path / "clean", num_videos=16, num_frames=4, height=32, width=32, seed=5)
     assert main(["synth", str(tmp_path / "noisy"), "--num-videos", "16", "--frames", "4",
@@ -159,7 +159,7 @@ def test_label_noise_leaves_videos_and_held_out_labels_true(tmp_path):
 
 
 def test_synth_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
-    from giant.data.cli import main
+    from giant.commands.data import main
 
     for option, value, named in (("--label-noise", "1.5", "--label-noise"), ("--classes", "9", "--classes"),
                                  ("--height", "33", "--height"), ("--num-videos", "-1", "--num-videos"),
@@ -173,7 +173,7 @@ def test_synth_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
 
 
 def test_synth_refuses_a_folder_holding_other_files(tmp_path, capsys):
-    from giant.data.cli import main
+    from giant.commands.data import main
 
     out = tmp_path / "data"
     out.mkdir()

@@ -20,6 +20,7 @@ from giant.config import ModelConfig, load_config, to_dict
 from giant.data import normalize_on_device
 from giant.errors import ConfigError
 from giant.models import build_model
+from giant.models import resolve as resolve_model
 
 RECIPE = str(REPO / "launch/recipes/demo_distill.yaml")
 TEACHER = dict(name="tiny", img_size=32, patch_size=8, num_frames=4)
@@ -34,7 +35,7 @@ def _artifact(out: Path, model_cfg: ModelConfig, kind: str = "finetune", seed: i
     from giant.interop import save_giant
 
     torch.manual_seed(seed)
-    cfg = model_cfg.resolved()
+    cfg = resolve_model(model_cfg)
     model = build_model(cfg, "classifier" if kind != "pretrain" else "pretrain")
     state = model.state_dict()
     if "head.weight" in state:
@@ -70,7 +71,7 @@ def _hand_kl(s: list, t: list, temp: float) -> float:
 
 @pytest.mark.parametrize("temp", [1.0, 2.5])
 def test_kl_loss_matches_a_hand_computation(temp):
-    from giant.engine.teacher import distill_loss
+    from giant.stages.teacher import distill_loss
 
     s = [[1.0, -0.5, 2.0, 0.0], [0.3, 0.3, -1.0, 4.0], [-2.0, 1.0, 0.5, 0.5]]
     t = [[0.5, 0.0, 3.0, -1.0], [1.0, -1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
@@ -106,7 +107,7 @@ def _stage(cfg, tmp_path):
 
 
 def test_teacher_is_frozen_graph_free_and_never_changes(teacher, tmp_path):
-    from giant.engine.teacher import distill_loss
+    from giant.stages.teacher import distill_loss
 
     stage, ctx, student, step = _stage(_cfg(teacher, "distill.teacher_precision=bf16",
                                             "distill.temperature=2"), tmp_path)
@@ -138,7 +139,7 @@ def test_teacher_is_frozen_graph_free_and_never_changes(teacher, tmp_path):
 def test_hard_label_term_is_added_with_its_weight(teacher, tmp_path):
     from timm.loss import LabelSmoothingCrossEntropy
 
-    from giant.engine.teacher import distill_loss
+    from giant.stages.teacher import distill_loss
 
     stage, ctx, student, step = _stage(_cfg(teacher, "distill.hard_weight=0.5",
                                             "distill.teacher_precision=fp32"), tmp_path)
@@ -156,7 +157,7 @@ def test_class_sets_rowmap_and_teacher_errors(teacher, tmp_path):
     from giant.stages.distill import DistillStage, load_teacher
 
     six = _artifact(tmp_path / "six", ModelConfig(**TEACHER, num_classes=6), seed=2)
-    student = ModelConfig(**TEACHER, num_classes=4).resolved()
+    student = resolve_model(ModelConfig(**TEACHER, num_classes=4))
     cpu = torch.device("cpu")
     with pytest.raises(ConfigError, match=r"predicts 6 classes, the student \(model.num_classes\) 4"):
         load_teacher(_cfg(six), student, cpu)
@@ -186,7 +187,7 @@ def test_class_sets_rowmap_and_teacher_errors(teacher, tmp_path):
 
 
 def test_teacher_and_student_shorthands(tmp_path):
-    from giant.stages.distill import model_or_path, shorthand_overrides
+    from giant.commands.distill import model_or_path, shorthand_overrides
 
     for text, name in [("vitg", "vit_g"), ("vit_g", "vit_g"), ("ViT-B", "vit_b"), ("g", "vit_g"), ("tiny", "tiny")]:
         assert model_or_path(text, "--teacher") == ("size", name)
@@ -207,7 +208,7 @@ def test_console_script_entry_and_help(tmp_path):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["distill"].split(":")
     assert callable(getattr(import_module(module), func))
-    code = "import sys; from giant.stages.distill import cli_main; sys.argv[0] = 'distill'; sys.exit(cli_main())"
+    code = "import sys; from giant.commands.distill import cli_main; sys.argv[0] = 'distill'; sys.exit(cli_main())"
     run = lambda *a: subprocess.run([sys.executable, "-c", code, *a], cwd=tmp_path, env=env(),  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
     helped = run("--help")
@@ -296,7 +297,7 @@ def test_resume_reproduces_every_logged_number(runs):
 
 
 def test_artifact_holds_the_student_only(runs):
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
     from giant.models import VideoClassifier
 
     run = runs["dir"] / "full"

@@ -12,17 +12,19 @@ import torch
 
 from _launch import tail, torchrun
 from giant.config import load_config
-from giant.engine.deepspeed import apply_activation_checkpointing, apply_compile, check_ds_config
+from giant.engine.deepspeed import apply_activation_checkpointing, apply_compile
+from giant.engine.ds_config import check_ds_config
 from giant.engine.precision import apply_precision
 from giant.errors import ConfigError
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
+from giant.models import resolve as resolve_model
 
 
 def _tiny():
     cfg = load_config("launch/recipes/demo_pretrain.yaml", ["model.num_frames=4", "model.depth=6",
                                                              "model.decoder_depth=3"])
-    mcfg = cfg.model.resolved()
+    mcfg = resolve_model(cfg.model)
     torch.manual_seed(0)
     return cfg, mcfg, build_model(mcfg, "pretrain")
 

@@ -10,12 +10,13 @@ import torch
 
 from giant.config import load_config
 from giant.engine import checkpoint as ck
-from giant.engine.deepspeed import (apply_activation_checkpointing, load_ds_json,
-                                    merge_ds_config, param_groups, set_lr_wd)
+from giant.engine.deepspeed import apply_activation_checkpointing, param_groups, set_lr_wd
+from giant.engine.ds_config import load_ds_json, merge_ds_config
 from giant.engine.precision import DynamicLossScaler, LossScaleConfig, apply_precision
 from giant.errors import CheckpointError, ConfigError
 from giant.masking import MaskGenerator, token_grid
 from giant.models import build_model
+from giant.models import resolve as resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.name=tiny", "model.img_size=32", "model.num_frames=4", "mask.ratio=0.5"]
@@ -113,7 +114,7 @@ def test_param_groups_no_decay_and_layer_decay():
 # ----------------------------------------------------------------------------- model wrappers
 def _batch(cfg, seed=0, n=2):
     g = torch.Generator().manual_seed(seed)
-    mc = cfg.model.resolved()
+    mc = resolve_model(cfg.model)
     x = torch.randn(n, 3, mc.num_frames, mc.img_size, mc.img_size, generator=g)
     enc, dec = MaskGenerator(cfg.mask, token_grid(mc)).batch(n, g)
     return x, enc, dec
@@ -299,7 +300,7 @@ def test_epoch_batches_skip_short_batches_and_resume():
 
 
 def test_pretrain_command_line(monkeypatch):
-    from giant.stages.pretrain import parse_args
+    from giant.commands.pretrain import parse_args
 
     monkeypatch.setenv("LOCAL_RANK", "0")  # recorded, so the value parse_args sets is undone
     monkeypatch.delenv("LOCAL_RANK")

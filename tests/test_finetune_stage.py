@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _launch import REPO, env, run_captured, tail, torchrun
+from giant.models import resolve as resolve_model
 
 STEPS = 4
 
@@ -24,7 +25,7 @@ def _pretrain_artifact(out: Path) -> Path:
     from giant.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name="tiny", img_size=32, patch_size=8, num_frames=4).resolved()
+    cfg = resolve_model(ModelConfig(name="tiny", img_size=32, patch_size=8, num_frames=4))
     model = build_model(cfg, "pretrain")
     out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
@@ -89,7 +90,7 @@ def test_artifacts_init_report_and_precision(runs):
     assert "init_from" in runs["log"] and "missing (initialised fresh)" in runs["log"]
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["giant"]["encoder_precision"] == "bf16" and ds["train_batch_size"] == 8
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
     from giant.models import VideoClassifier
     from giant.config import ModelConfig
 

@@ -17,6 +17,7 @@ from giant.stages.evaluate import SCORES, compare, confusion_png, summarise
 from giant.stages.finetune import build_mixup, mix_video
 from giant.stages.sharding import PaddedShardSampler
 from giant.stages.weights import classifier_state, load_classifier_init, pos_grid_for
+from giant.models import resolve as resolve_model
 
 TINY = dict(name="tiny", img_size=32, patch_size=8, num_frames=4)
 
@@ -27,7 +28,7 @@ def _artifact(tmp_path, model, kind: str, model_cfg: ModelConfig):
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "weights.safetensors"))
-    cfg = model_cfg.resolved()
+    cfg = resolve_model(model_cfg)
     (tmp_path / "model.json").write_text(json.dumps({"kind": kind, "model": cfg.__dict__}))
     return tmp_path
 
@@ -80,10 +81,10 @@ def test_wrong_model_is_one_clear_error(tmp_path):
 
 
 def test_position_grid_follows_the_init_artifact():
-    art = ModelConfig(**TINY).resolved().__dict__
-    same = ModelConfig(**TINY, num_classes=3).resolved()
+    art = resolve_model(ModelConfig(**TINY)).__dict__
+    same = resolve_model(ModelConfig(**TINY, num_classes=3))
     assert pos_grid_for(same, art) is None
-    longer = ModelConfig(**{**TINY, "num_frames": 8}, num_classes=3).resolved()
+    longer = resolve_model(ModelConfig(**{**TINY, "num_frames": 8}, num_classes=3))
     assert pos_grid_for(longer, art) == [2, 4, 4]  # the table is resampled from 2×4×4 to 4×4×4
 
 

@@ -9,7 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from giant import flops
+from giant.commands import flops as flops_command
 from giant.config import MaskConfig, ModelConfig
+from giant.models import resolve as resolve_model
 
 
 def _mask(decoder_ratio):
@@ -55,23 +57,23 @@ def test_params_match_official(name, stage, expected):
 
 
 def test_cli_json(capsys):
-    assert flops.main(["vit_g", "--json", "--decoder-mask-ratio", "0.5"]) == 0
+    assert flops_command.main(["vit_g", "--json", "--decoder-mask-ratio", "0.5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 1_026_306_560 and abs(out["macs"] / 241.61e9 - 1) < 0.01
-    assert flops.main(["vit_g", "--stage", "finetune", "--json"]) == 0
+    assert flops_command.main(["vit_g", "--stage", "finetune", "--json"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["macs"] / 2.544e12 - 1) < 0.01
 
 
 def test_cli_human_and_errors(capsys):
-    assert flops.main(["vit_b", "--decoder-mask-ratio", "0"]) == 0
+    assert flops_command.main(["vit_b", "--decoder-mask-ratio", "0"]) == 0
     out = capsys.readouterr().out
     assert "94,210,944" in out and "35.44 G" in out
-    assert flops.main(["vit_zz"]) == 2
+    assert flops_command.main(["vit_zz"]) == 2
     assert "vit_zz" in capsys.readouterr().err
 
 
 def test_module_entry_point():
-    p = subprocess.run([sys.executable, "-m", "giant.flops", "vit_b", "--json"], capture_output=True, text=True, check=True)
+    p = subprocess.run([sys.executable, "-m", "giant.cli", "flops", "vit_b", "--json"], capture_output=True, text=True, check=True)
     assert {"params", "macs", "train_flops"} <= set(json.loads(p.stdout))
 
 
@@ -105,7 +107,7 @@ def _masks(cfg, mask_cfg, batch):
 def test_token_counts_match_mask_generator(encoder, ratio, decoder_ratio):
     from giant.masking import MaskGenerator
 
-    cfg = ModelConfig(name="vit_b").resolved()
+    cfg = resolve_model(ModelConfig(name="vit_b"))
     mask = MaskConfig(encoder=encoder, ratio=ratio, decoder="running_cell", decoder_ratio=decoder_ratio)
     enc, dec = MaskGenerator(mask, flops.token_grid(cfg))(torch.Generator().manual_seed(0))
     r = flops.count(cfg, "pretrain", mask)
@@ -116,7 +118,7 @@ def test_token_counts_match_mask_generator(encoder, ratio, decoder_ratio):
 def test_pretrain_macs_match_measured(decoder_ratio):
     from giant.models import mae
 
-    cfg = TINY.resolved()
+    cfg = resolve_model(TINY)
     mask = _mask(decoder_ratio)
     if decoder_ratio == 0:
         mask.decoder = "none"
@@ -132,7 +134,7 @@ def test_pretrain_macs_match_measured(decoder_ratio):
 def test_finetune_macs_match_measured():
     from giant.models import classifier
 
-    cfg = TINY.resolved()
+    cfg = resolve_model(TINY)
     model = classifier.VideoClassifier(cfg).eval()
     video = torch.randn(2, 3, cfg.num_frames, cfg.img_size, cfg.img_size)
     assert _measured_flops(lambda: model(video)) == 2 * 2 * flops.count(cfg, "finetune")["macs"]
@@ -142,7 +144,7 @@ def test_finetune_macs_match_measured():
 def test_params_match_real_modules(name):
     from giant.models import classifier, mae
 
-    cfg = ModelConfig(name=name, num_classes=710).resolved()
+    cfg = resolve_model(ModelConfig(name=name, num_classes=710))
     with torch.device("meta"):
         built = {"pretrain": mae.MaskedVideoAutoencoder(cfg), "finetune": classifier.VideoClassifier(cfg)}
     for stage, model in built.items():

@@ -23,11 +23,13 @@ import torch.nn as nn
 from giant.config import ModelConfig, RunConfig, dump_config, load_config
 from giant.engine import checkpoint as ck
 from giant.engine import deepspeed as gd
+from giant.engine import ds_config as gdc
 from giant.engine import kernels
 from giant.engine.metrics import peak_for_name, peak_tflops
 from giant.engine.precision import apply_precision, resolve_cast
 from giant.errors import CheckpointError, ConfigError, DataError
 from giant.models import vit
+from giant.models import resolve as resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -339,7 +341,7 @@ def test_blocks_run_under_the_priority_in_forward_and_in_the_recomputation(monke
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "model.patch_size=8",
                              "precision.encoder=fp32", "engine.activation_checkpointing=all"])
-    model = build_model(cfg.model.resolved(), "pretrain")
+    model = build_model(resolve_model(cfg.model), "pretrain")
     gd._device_kernels(model, cfg, torch.device("cuda"))  # GPU set-up; the tensors stay on the CPU
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"
     gd.apply_activation_checkpointing(model, "all")
@@ -349,7 +351,7 @@ def test_blocks_run_under_the_priority_in_forward_and_in_the_recomputation(monke
     outside = torch._C._get_sdp_priority_order()
     from giant.masking import MaskGenerator, token_grid
 
-    enc, dec = MaskGenerator(cfg.mask, token_grid(cfg.model.resolved())).batch(2, torch.Generator().manual_seed(0))
+    enc, dec = MaskGenerator(cfg.mask, token_grid(resolve_model(cfg.model))).batch(2, torch.Generator().manual_seed(0))
     model(torch.randn(2, 3, 4, 32, 32), enc, dec).loss.backward()
     cudnn_first = [int(SDPBackend.CUDNN_ATTENTION), int(SDPBackend.FLASH_ATTENTION)]
     blocks = len(model.encoder.blocks) + len(model.decoder.blocks)
@@ -363,7 +365,7 @@ def _classifier():
 
     torch.manual_seed(0)
     cfg = ModelConfig(name="tiny", img_size=32, num_frames=4, patch_size=8, num_classes=5)
-    return build_model(cfg.resolved(), "classifier")
+    return build_model(resolve_model(cfg), "classifier")
 
 
 def _block_dtypes(model, x) -> tuple[list, torch.Tensor]:
@@ -395,7 +397,7 @@ def test_the_classifier_casts_once_into_and_out_of_its_low_precision_trunk():
 
 
 def test_the_teacher_casts_once_too():
-    from giant.engine.teacher import freeze_teacher, teacher_logits
+    from giant.stages.teacher import freeze_teacher, teacher_logits
 
     x = torch.randn(2, 3, 4, 32, 32)
     once = freeze_teacher(_classifier(), "bf16", torch.device("cpu"), cast="model")
@@ -415,7 +417,7 @@ def test_target_on_the_kept_tokens_gives_the_same_loss_bit_for_bit():
 
     torch.manual_seed(0)
     cfg = load_config(None, ["model.img_size=64", "model.num_frames=8"])
-    mc = cfg.model.resolved()
+    mc = resolve_model(cfg.model)
     model = build_model(mc, "pretrain")
     x = torch.randn(3, 3, 8, 64, 64)
     enc, dec = MaskGenerator(cfg.mask, token_grid(mc)).batch(3, torch.Generator().manual_seed(1))
@@ -454,13 +456,13 @@ def test_shipped_configs_communicate_in_bf16_with_buckets_for_a_1b_model(name):
 
 def test_bf16_communication_is_for_gpus_with_bf16(monkeypatch):
     ds = {"communication_data_type": "bf16", "zero_optimization": {"stage": 2}}
-    assert "communication_data_type" not in gd.fit_to_device(ds, torch.device("cpu"), 8)  # CPU stays exact
-    monkeypatch.setattr(gd, "cuda_bf16", lambda device: True)
-    assert gd.fit_to_device(ds, torch.device("cuda", 0), world_size=8) == ds
-    assert "communication_data_type" not in gd.fit_to_device(ds, torch.device("cuda", 0), world_size=1)
-    monkeypatch.setattr(gd, "cuda_bf16", lambda device: False)  # a V100
-    assert "communication_data_type" not in gd.fit_to_device(ds, torch.device("cuda", 0), world_size=8)
-    merged, _ = gd.merge_ds_config(gd.load_ds_json("ds_configs/zero2.json"), load_config(None, []), 2, "zero2.json")
+    assert "communication_data_type" not in gdc.fit_to_device(ds, torch.device("cpu"), 8)  # CPU stays exact
+    monkeypatch.setattr(gdc, "cuda_bf16", lambda device: True)
+    assert gdc.fit_to_device(ds, torch.device("cuda", 0), world_size=8) == ds
+    assert "communication_data_type" not in gdc.fit_to_device(ds, torch.device("cuda", 0), world_size=1)
+    monkeypatch.setattr(gdc, "cuda_bf16", lambda device: False)  # a V100
+    assert "communication_data_type" not in gdc.fit_to_device(ds, torch.device("cuda", 0), world_size=8)
+    merged, _ = gdc.merge_ds_config(gdc.load_ds_json("ds_configs/zero2.json"), load_config(None, []), 2, "zero2.json")
     assert merged["communication_data_type"] == "bf16"
 
 

@@ -17,14 +17,14 @@ import transformers
 
 from giant import cli
 from giant.config import ModelConfig
-from giant.engine.checkpoint import load_weights
 from giant.errors import CheckpointError
-from giant.interop import load_any, save_giant
+from giant.interop import load_any, load_weights, save_giant
 from giant.interop.hf import key_table, match_norm_eps, save_hf
 from giant.interop.videomae import save_official
 from giant.models import build_model
 from giant.models.pos_embed import sincos_table
 from _reference import reference_file
+from giant.models import resolve as resolve_model
 
 GEOM = {"num_frames": 8, "img_size": 64}  # the fixture's input: 8 x 64 x 64, 4 x 4 x 4 tokens
 
@@ -403,7 +403,7 @@ def test_k710_head_slices_to_k400_via_cli(tmp_path, capsys):
     cfg = dataclasses.replace(ModelConfig(name="tiny", num_classes=710), **GEOM)
     torch.manual_seed(0)
     state = build_model(cfg, "classifier").state_dict()
-    info = {"kind": "classifier", "model": dataclasses.asdict(cfg.resolved())}
+    info = {"kind": "classifier", "model": dataclasses.asdict(resolve_model(cfg))}
     save_giant(tmp_path / "k710", state, info)
     labels = reference_file("kinetics/label_map_k710.txt")
     assert cli.main(["convert", str(tmp_path / "k710"), str(tmp_path / "hf400"), "--to", "hf",
@@ -462,5 +462,5 @@ def test_released_shapes_infer_the_published_config(ref_key, name, kind, classes
     assert layout.kind_of(state) == kind
     cfg, unknown = layout.infer_config(state, kind, ref_key, {}, require_geometry=False)
     assert unknown == ["num_frames", "img_size"]
-    assert cfg == ModelConfig(name=name, num_classes=classes).resolved()  # 48/11 ratios included
+    assert cfg == resolve_model(ModelConfig(name=name, num_classes=classes))  # 48/11 ratios included
     layout.check_fit(state, cfg, kind, ref_key)

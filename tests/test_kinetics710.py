@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from giant.data import kinetics710 as k
-from giant.data.cli import main
+from giant.commands.data import main
 from giant.data.manifest import read_manifest
 from giant.errors import DataError
 

@@ -112,7 +112,7 @@ def test_official_vit_l_keys_shapes_counts_and_converter(keys, official, kind, c
 
 
 def test_convert_an_official_checkpoint_file(ref, tmp_path):
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
 
     wrapped = {"model_state": {f"module.{k}": v for k, v in ref["pretrain_state_dict"].items()},
                "args": argparse.Namespace(model="mae_vit_tiny"), "epoch": 3}
@@ -188,11 +188,13 @@ def demo_run(synth_videos, tmp_path_factory):
 def test_demo_trains_on_two_ranks_with_falling_loss_and_images(demo_run):
     from PIL import Image
 
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
 
     losses = [json.loads(line)["loss"] for line in (demo_run / "metrics.jsonl").open()]
     assert len(losses) == STEPS
-    assert sum(losses[-3:]) / 3 < 0.92 * sum(losses[:3]) / 3, losses
+    # mean of the last 3 over the first 3, measured with stage.seed 0-5: 0.687 to 0.737; the
+    # bound clears the worst seed by over twice the seeds' spread (room for other CPUs)
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
     images = sorted(p.name for p in (demo_run / "images").glob("*.png"))
     assert images == ["reconstruction_step0000005.png", "reconstruction_step0000010.png"]
     assert Image.open(demo_run / "images" / images[-1]).size == (4 * 128, 3 * 128)  # 4 target frames

@@ -16,6 +16,7 @@ from giant.masking import MaskGenerator, token_grid
 from giant.memory import (GIB, Policy, Stage, Zero, block_bytes, candidates, classifier_activations, evaluate,
                           fit_warning, largest_batch, model_states, plan, pretrain_activations, stage_from_config)
 from giant.models import build_model
+from giant.models import resolve as resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 # S/B/L widths and heads divided by 4 (head dim 16) and g's own head dim 88 and MLP ratio 48/11,
@@ -33,7 +34,7 @@ CLIPS = 3
 
 def model_cfg(size: str, **extra) -> ModelConfig:
     fields = {"name": "tiny", "img_size": 64, "num_frames": 4, **SIZES[size], **extra}
-    return ModelConfig(**fields).resolved()
+    return resolve_model(ModelConfig(**fields))
 
 
 def saved_bytes(model: torch.nn.Module, *inputs: torch.Tensor) -> int:
@@ -136,7 +137,7 @@ def test_cuda_autocast_adds_fp32_layernorm_copies():
     gpu, cpu = (block_bytes(n, d, hid, heads, 2, 2, norm_fp32) for norm_fp32 in (True, False))
     assert gpu - cpu == 2 * n * d * (4 - 2)
     assert block_bytes(n, d, hid, heads, 4, 4, True) == block_bytes(n, d, hid, heads, 4, 4, False)
-    cfg = ModelConfig(name="vit_g").resolved()
+    cfg = resolve_model(ModelConfig(name="vit_g"))
     k = 208  # tube 0.9 at 16×224: 26 of 256 positions × 8 slices
     g_pol, c_pol = Policy(2, True, 2, True), Policy(2, False, 2, True)
     diff = pretrain_activations(cfg, MaskConfig(), 1, "off", g_pol).saved - \
@@ -259,7 +260,7 @@ def test_classifier_policy_follows_precision_cast():
 
 
 def test_pipeline_plan_warns_about_stages_that_will_not_fit(capsys, monkeypatch):
-    from giant.stages.pipeline_cli import main
+    from giant.commands.pipeline import main
 
     monkeypatch.chdir(REPO)
     assert main(["plan", "launch/pipelines/vitg_k400.yaml", "--gpu-mem", "12"]) == 0

@@ -7,10 +7,11 @@ import torch
 
 from giant.config import ModelConfig
 from giant.errors import ConfigError
-from giant.models import MODEL_SIZES, MaskedVideoAutoencoder, VideoClassifier, build_model
+from giant.models import MaskedVideoAutoencoder, VideoClassifier, build_model
 from giant.models.mae import patchify, unpatchify
 from giant.models.pos_embed import position_table, sincos_table
 from _reference import reference_file
+from giant.models import resolve as resolve_model
 
 OFFICIAL = [
     ("vit_g", "classifier", 710, "vit_giant_patch14_224_k710", 1_012_611_142),
@@ -34,15 +35,29 @@ def test_official_param_counts_and_keys(name, kind, classes, ref_key, expected):
     assert ours == keys[ref_key]["keys"]
 
 
-def test_vit_g_shapes():
-    cfg = ModelConfig(name="vit_g").resolved()
-    assert (cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads) == (14, 1408, 40, 16)
-    assert cfg.embed_dim // cfg.num_heads == 88
-    assert int(cfg.embed_dim * cfg.mlp_ratio) == 6144
-    assert int(cfg.decoder_embed_dim * cfg.decoder_mlp_ratio) == 2234
+# SPEC §1 and §2 tables: patch, dim, depth, heads, head dim, MLP hidden, tokens @16×224; decoder
+# dim, heads, depth, MLP hidden, values per token
+SPEC_SIZES = [
+    ("vit_s", (16, 384, 12, 6, 64, 1536, 1568), (192, 3, 4, 768, 1536)),
+    ("vit_b", (16, 768, 12, 12, 64, 3072, 1568), (384, 6, 4, 1536, 1536)),
+    ("vit_l", (16, 1024, 24, 16, 64, 4096, 1568), (512, 8, 4, 2048, 1536)),
+    ("vit_h", (16, 1280, 32, 16, 80, 5120, 1568), (512, 8, 4, 2048, 1536)),
+    ("vit_g", (14, 1408, 40, 16, 88, 6144, 2048), (512, 8, 4, 2234, 1176)),
+]
+
+
+@pytest.mark.parametrize("name,encoder,decoder", SPEC_SIZES)
+def test_built_shapes_match_the_published_tables(name, encoder, decoder):
+    """Read off the built modules, not the size table, so a wrong rounding of mlp_ratio shows."""
     with torch.device("meta"):
-        enc = build_model(ModelConfig(name="vit_g"), "pretrain").encoder
-    assert enc.num_tokens == 2048 and enc.grid == (8, 16, 16)
+        model = build_model(ModelConfig(name=name), "pretrain")
+    enc, dec = model.encoder, model.decoder
+    blk, dblk = enc.blocks[0], dec.blocks[0]
+    dim = blk.attn.proj.out_features
+    assert (enc.patch_embed.proj.weight.shape[-1], dim, len(enc.blocks), blk.attn.num_heads,
+            dim // blk.attn.num_heads, blk.mlp.fc1.out_features, enc.num_tokens) == encoder
+    assert (model.encoder_to_decoder.out_features, dblk.attn.num_heads, len(dec.blocks),
+            dblk.mlp.fc1.out_features, dec.head.out_features) == decoder
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +169,7 @@ def test_wrong_input_size_and_unknown_size_raise():
     with pytest.raises(ConfigError, match="tokens"):
         model.encoder(torch.randn(1, 3, 8, 32, 32))
     with pytest.raises(ConfigError, match="vit_q"):
-        ModelConfig(name="vit_q").resolved()
-    assert set(MODEL_SIZES) == {"tiny", "vit_s", "vit_b", "vit_l", "vit_h", "vit_g"}
+        resolve_model(ModelConfig(name="vit_q"))
 
 
 def test_mask_token_init_is_truncated_at_one_std():
@@ -173,7 +187,7 @@ def test_mask_token_init_is_truncated_at_one_std():
 
 
 def test_target_undoes_exactly_the_data_normalisation():
-    from giant.config import IMAGENET_MEAN, load_config
+    from giant.config import load_config
     from giant.data import normalize_on_device
     from giant.engine.deepspeed import construct_model
 
@@ -181,13 +195,14 @@ def test_target_undoes_exactly_the_data_normalisation():
     base = ["model.img_size=32", "model.patch_size=16", "model.num_frames=4"]
     for stats in ([], ["data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.5,0.125]"]):
         cfg = load_config(None, base + stats)
-        model = construct_model(cfg, cfg.model.resolved(), "pretrain")  # as the stages build it
+        model = construct_model(cfg, resolve_model(cfg.model), "pretrain")  # as the stages build it
         assert model.mean.flatten().tolist() == pytest.approx(cfg.data.mean)
         assert model.std.flatten().tolist() == pytest.approx(cfg.data.std)
         x = normalize_on_device(video, cfg.data.mean, cfg.data.std)
         # the official target starts from the un-normalised clip in [0, 1]
         assert torch.allclose(model.pixels(x), video.float() / 255, atol=1e-6)
-    assert load_config(None).data.mean == list(IMAGENET_MEAN)  # one copy of the defaults
+    defaults = load_config(None).data  # SPEC §2: the ImageNet statistics
+    assert (defaults.mean, defaults.std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     with pytest.raises(ConfigError, match=r"data.mean=\[0.5, 0.5\]: need 3 numbers"):
         load_config(None, ["data.mean=[0.5,0.5]"])
     with pytest.raises(ConfigError, match="data.std=.*must be > 0"):

@@ -188,7 +188,7 @@ def test_changed_recipe_value_is_refused_with_the_field(full, synth_videos):
 
 def plan_here(capsys, monkeypatch, *args: str) -> tuple[int, str]:
     """`giant pipeline plan` in this process (the model code is imported once for all calls)."""
-    from giant.stages.pipeline_cli import main
+    from giant.commands.pipeline import main
 
     monkeypatch.chdir(REPO)
     capsys.readouterr()
@@ -254,7 +254,7 @@ def test_stop_signal_to_the_pipeline_reaches_the_stage(synth_videos, tmp_path):
 
 
 def test_launcher_commands(monkeypatch):
-    from giant.stages.pipeline_cli import command
+    from giant.stages.pipeline_run import command
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     args = ["--recipe", "r.yaml", "stage.run_dir=runs/x"]

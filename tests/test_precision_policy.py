@@ -15,7 +15,7 @@ import pytest
 
 from giant.config import load_config
 from giant.engine import precision
-from giant.engine.deepspeed import merge_ds_config
+from giant.engine.ds_config import merge_ds_config
 from giant.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

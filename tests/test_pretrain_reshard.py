@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from _launch import REPO, env, run_captured, tail, torchrun
-from giant.engine import checkpoint as ck
+from giant.engine import checkpoint as ck, reshard
 from giant.errors import CheckpointError
+from giant.interop import load_weights
 
 STEPS = 4
 
@@ -68,8 +69,8 @@ def test_zero2_shrinks_and_grows_mid_run_and_matches_the_uninterrupted_run(synth
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
-    a, _ = ck.load_weights(full)
-    b, _ = ck.load_weights(run)
+    a, _ = load_weights(full)
+    b, _ = load_weights(run)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -95,8 +96,8 @@ def test_zero2_on_2_ranks_resumes_as_zero1_on_1_rank_into_fused_adamw(synth_vide
                                          "value": 3.0} for s in report["steps"])
     want, got = losses(full), losses(run)
     assert sorted(got) == [4] and got[4] == pytest.approx(want[4], rel=1e-6, abs=1e-7)
-    a, _ = ck.load_weights(full)
-    b, _ = ck.load_weights(run)
+    a, _ = load_weights(full)
+    b, _ = load_weights(run)
     for k in a:  # the restored moments and step drove the same update (fused vs for-each rounding)
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
 
@@ -153,14 +154,14 @@ def test_a_failed_conversion_leaves_no_half_written_universal_copy(tmp_path):
     tag_dir.mkdir(parents=True)
     (tag_dir / ck.META).write_text(json.dumps({"step": 1, "zero_stage": 2, "world_size": 2}))
     with pytest.raises(CheckpointError, match="converting to a universal checkpoint failed"):
-        ck.convert_universal(tag_dir.parent, tag_dir.name)  # no DeepSpeed files in it
+        reshard.convert_universal(tag_dir.parent, tag_dir.name)  # no DeepSpeed files in it
     assert not (tag_dir / ck.UNIVERSAL).exists() and not (tag_dir / f".tmp_{ck.UNIVERSAL}").exists()
     # a peer waiting on the shared filesystem reads the same message instead of timing out
     with pytest.raises(CheckpointError, match="converting to a universal checkpoint failed"):
-        ck.prepare_universal(tag_dir.parent, tag_dir.name, poll_s=0.01, wait_s=5, rank=1)
+        reshard.prepare_universal(tag_dir.parent, tag_dir.name, poll_s=0.01, wait_s=5, rank=1)
     (tag_dir / f".failed_{ck.UNIVERSAL}").unlink()
     with pytest.raises(CheckpointError, match="did not appear within"):
-        ck.prepare_universal(tag_dir.parent, tag_dir.name, poll_s=0.01, wait_s=0.05, rank=1)
+        reshard.prepare_universal(tag_dir.parent, tag_dir.name, poll_s=0.01, wait_s=0.05, rank=1)
 
 
 def test_too_little_disk_for_the_universal_copy_is_said_up_front(tmp_path, monkeypatch):
@@ -168,8 +169,8 @@ def test_too_little_disk_for_the_universal_copy_is_said_up_front(tmp_path, monke
     tag_dir.mkdir(parents=True)
     torch.save({"w": torch.ones(1 << 16)}, tag_dir / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     full_disk = type(shutil.disk_usage(tmp_path))(total=1 << 40, used=1 << 40, free=1000)
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda _: full_disk)  # a full disk cannot be made here
+    monkeypatch.setattr(reshard.shutil, "disk_usage", lambda _: full_disk)  # a full disk cannot be made here
     with pytest.raises(CheckpointError, match=r"needs about 0\.0 GiB free there"):
-        ck.convert_universal(tag_dir.parent, tag_dir.name)
+        reshard.convert_universal(tag_dir.parent, tag_dir.name)
     assert (tag_dir / f".failed_{ck.UNIVERSAL}").read_text().startswith(str(tag_dir))  # peers read it
     assert not (tag_dir / ck.UNIVERSAL).exists()

@@ -16,6 +16,7 @@ import yaml
 from _launch import REPO, env, run_captured, tail, torchrun
 from giant.engine import checkpoint as ck
 from giant.engine.precision import choose_encoder_precision
+from giant.models import resolve as resolve_model
 
 STEPS = 4
 
@@ -117,7 +118,7 @@ def test_run_dir_artifacts(runs):
     for key in ("loss", "lr", "grad_norm", "skipped_steps", "clips_per_s", "tflops"):
         assert key in rows[-1], key
 
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
     from giant.models import MaskedVideoAutoencoder
     from giant.config import ModelConfig
 
@@ -132,7 +133,8 @@ def test_run_dir_artifacts(runs):
 def test_giant_export_cli_and_init_from(runs, tmp_path):
     """`giant export RUN_DIR` needs no process group; the next stage starts from its output."""
     from giant.config import load_config
-    from giant.engine.checkpoint import load_weights, main as export_main
+    from giant.commands.export import main as export_main
+    from giant.interop import load_weights
     from giant.models import build_model
     from giant.stages.weights import load_init_weights
 
@@ -142,7 +144,7 @@ def test_giant_export_cli_and_init_from(runs, tmp_path):
     cfg = load_config("launch/recipes/demo_pretrain.yaml", [
         "model.img_size=32", "model.patch_size=8", "model.num_frames=4",
         f"checkpoint.init_from={tmp_path / 'exp'}"])
-    model = build_model(cfg.model.resolved(), "pretrain")
+    model = build_model(resolve_model(cfg.model), "pretrain")
     load_init_weights(model, cfg.checkpoint.init_from)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k

@@ -29,10 +29,12 @@ WORKER = "pt_data_worker"  # the name torch gives its DataLoader worker processe
 
 # ----------------------------------------------------------------------------- workers
 class _Slow(torch.utils.data.Dataset):
-    """Item i takes `delay` s in the worker (item 0 is instant)."""
+    """Item i takes `delay` s in the worker (item 0 is instant and sets `first_done`)."""
 
     def __init__(self, n: int, delay: float):
-        self.n, self.delay = n, delay
+        import torch.multiprocessing as mp
+
+        self.n, self.delay, self.first_done = n, delay, mp.Event()
 
     def __len__(self):
         return self.n
@@ -40,6 +42,8 @@ class _Slow(torch.utils.data.Dataset):
     def __getitem__(self, i):
         if i:
             time.sleep(self.delay)
+        else:
+            self.first_done.set()
         return i
 
 
@@ -77,7 +81,12 @@ def test_workers_leave_stop_signals_to_their_rank(persistent):
 
 
 def _late_shield(worker_id: int) -> None:
-    time.sleep(1.5)  # the signals below arrive between the fork and the shield
+    """Shield only once both signals the test sends are pending here (blocked since the fork):
+    they arrive between the fork and the shield by construction, not by a head start."""
+    deadline = time.monotonic() + 60
+    while not {signal.SIGTERM, signal.SIGUSR1} <= signal.sigpending():
+        assert time.monotonic() < deadline, f"signals never arrived: {signal.sigpending()}"
+        time.sleep(0.005)
     _worker_init(worker_id)
 
 
@@ -104,8 +113,10 @@ def test_a_signal_before_the_worker_is_shielded_waits_for_the_shield():
 def test_loader_timeout_ends_the_stuck_worker_at_once():
     """After the timeout the rank's SIGTERM (sent by the rank itself) still ends a worker that
     ignores everyone else's: exit code 0, not SIGKILL, and long before its 60 s item ends."""
-    raw = iter(torch.utils.data.DataLoader(_Slow(2, 60.0), batch_size=1, num_workers=1, timeout=2,
+    items = _Slow(2, 60.0)
+    raw = iter(torch.utils.data.DataLoader(items, batch_size=1, num_workers=1, timeout=2,
                                            worker_init_fn=_worker_init))
+    assert items.first_done.wait(120)  # the timeout counts from next(), not from the fork
     batches = iterate_with_timeout_errors(raw, 2)
     assert int(next(batches)) == 0
     with pytest.raises(DataError, match="data.loader_timeout_s=2"):

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from giant.config import load_config
-from giant.engine.deepspeed import load_ds_json, merge_ds_config, resolve_optim
+from giant.engine.ds_config import load_ds_json, merge_ds_config, resolve_optim
 from giant.engine.schedule import lr_at
+from giant.models import resolve as resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 K400, K710, SSV2, UCF, HMDB, HYBRID = 240_436, 658_340, 168_913, 9_537, 3_570, 1_350_000
@@ -148,7 +149,7 @@ def test_every_shipped_recipe_is_covered_and_validates():
     assert shipped == set(OFFICIAL) | set(DEMO_LRS)  # a new recipe needs its official numbers here
     for name in sorted(shipped):
         cfg = load_config(_recipe(name))
-        cfg.model.resolved()
+        resolve_model(cfg.model)
         header = _header(_recipe(name))
         assert "videos" in header and "/ 256" in header, f"{name}: the header must state the lr rule"
 
@@ -189,7 +190,8 @@ def test_lr_counts_videos_not_clips(tmp_path, monkeypatch):
     accum = _resolve("finetune_vitg_k400", 16, ["optim.accum_steps=2"])[2].lr
     assert accum == pytest.approx(lrs[2])  # and so do accumulated micro-steps
     # `giant pipeline plan` reports the same lr as the engine uses
-    from giant.stages.pipeline import load_pipeline, plan_numbers, resolve
+    from giant.stages.pipeline import load_pipeline, resolve
+    from giant.stages.pipeline_state import plan_numbers
 
     monkeypatch.chdir(REPO)
     stages = [{"name": f"s{n}", "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml", "gpus": 2,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from giant.engine.checkpoint import prepare_run_dir
+from giant.safety import prepare_run_dir
 from giant.errors import ConfigError
 from test_pretrain_resume import single
 

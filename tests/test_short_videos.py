@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from giant.data.cli import main
+from giant.commands.data import main
 from giant.data.datasets import LabeledClips, TestViews
 from giant.data.decode import open_video
 from giant.data.manifest import VideoEntry

@@ -15,9 +15,10 @@ import torch
 
 from _launch import REPO, env, run_captured, tail
 from giant import cli
-from giant.engine import checkpoint as ck
+from giant.engine import checkpoint as ck, export, reshard
 from giant.engine import safe_load
 from giant.errors import CheckpointError
+from giant.interop import load_weights
 
 TAG = "step_00000001"
 FILES = {"zero0": "mp_rank_00_model_states.pt", "zero2": "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
@@ -77,18 +78,22 @@ def test_export_and_reshard_load_every_file_weights_only(runs, tmp_path, monkeyp
         calls.append((kwargs.get("weights_only"), os.environ.get(safe_load.FORCE)))
         return real(*args, **kwargs)
     monkeypatch.setattr(torch, "load", spy)
+    from giant.commands.export import main as export_main
+
     for name, run in runs.items():
-        assert ck.main([str(run), "--out", str(tmp_path / name)]) == 0
+        assert export_main([str(run), "--out", str(tmp_path / name)]) == 0
     copy = _copy(runs["zero2"], tmp_path / "reshard")
-    assert ck.reshard_main([str(copy)]) == 0
+    from giant.commands.reshard import main as reshard_main
+
+    assert reshard_main([str(copy)]) == 0
     assert (copy / "checkpoints" / TAG / ck.UNIVERSAL / "zero").is_dir()
     assert calls and all(asked is True or forced == "1" for asked, forced in calls), calls
     assert any(asked is False for asked, _ in calls)  # DeepSpeed's own loads, forced to weights-only
     assert safe_load.FORCE not in os.environ  # only while giant's loads run
     monkeypatch.undo()
     for name, run in runs.items():  # the same weights as an unrestricted load gives
-        safe, _ = ck.load_weights(tmp_path / name)
-        trusted = ck.consolidated_state_dict(run / "checkpoints", TAG, trust_pickle=True)
+        safe, _ = load_weights(tmp_path / name)
+        trusted = export.consolidated_state_dict(run / "checkpoints", TAG, trust_pickle=True)
         assert safe.keys() == trusted.keys()
         assert all(torch.equal(safe[k], trusted[k].float()) for k in safe)
 
@@ -113,9 +118,9 @@ def test_a_planted_pickle_is_refused_and_never_runs(runs, tmp_path, monkeypatch,
     monkeypatch.setattr(safe_load, "refused_globals", lambda *args, **kwargs: [])
     for run in planted.values():
         with pytest.raises(CheckpointError):
-            ck.export_weights(run / "checkpoints", tmp_path / "out")
+            export.export_weights(run / "checkpoints", tmp_path / "out")
     with pytest.raises(CheckpointError):
-        ck.convert_universal(planted["zero2"] / "checkpoints", TAG)
+        reshard.convert_universal(planted["zero2"] / "checkpoints", TAG)
     assert not marker.exists()
 
 

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from giant.data.manifest import MANIFEST_ENCODING, load_entries, read_manifest, write_manifest
@@ -424,30 +423,3 @@ def prepare(src_manifest: str | Path, out_dir: str | Path,
               "seconds": round(time.perf_counter() - start, 2), "failures": failures}
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
     return report
-
-
-def window_psnr(src: str, dst: str, indices) -> float:
-    """PSNR (dB, RGB, all frames pooled) of `indices` decoded from the prepared file against the
-    same frames of the source, scaled to the prepared size the way prepare scales them: the
-    loss the encoder adds, which is what a training clip sees."""
-    import av
-
-    from giant.data.decode import PyAVReader
-
-    indices = np.asarray(indices)
-    with PyAVReader(dst) as reader:
-        ours = reader.get_frames(indices).astype(np.float64)
-    height, width = ours.shape[1:3]
-    wanted = set(int(i) for i in indices)
-    ref = {}
-    with av.open(src) as container:
-        for n, frame in enumerate(container.decode(container.streams.video[0])):
-            if n in wanted:
-                pix = frame.format.name if frame.format.name in KEEP_PIX_FMTS else "yuv420p"
-                small = frame.reformat(width, height, pix, interpolation="AREA")
-                ref[n] = small.to_ndarray(format="rgb24")
-            if n >= max(wanted):
-                break
-    theirs = np.stack([ref[int(i)] for i in indices]).astype(np.float64)
-    mse = float(np.mean((ours - theirs) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)

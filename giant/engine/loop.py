@@ -191,6 +191,19 @@ def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
     return out
 
 
+def _check_health(loss: float, step: int, lr: float, skips_in_a_row: int) -> int:
+    """A non-finite loss, or too many skipped steps in a row, ends the run (no save)."""
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"non-finite loss {loss} at step {step} (lr {lr:.3g}); stopped without saving, "
+            f"checkpoints up to the last good one are intact — lower optim.blr, set "
+            f"optim.clip_grad, or use precision.encoder=bf16, then resume")
+    if skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+        raise TrainingError(f"{skips_in_a_row} optimizer steps in a row skipped for non-finite "
+                            f"gradients (step {step}); the run diverged — lower the lr / clip")
+    return skips_in_a_row
+
+
 def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Callable,
                scaler: LossScaler, hooks: LoopHooks, start_step: int, device: torch.device,
                checkpoint_every: int = 0, image_every: int = 0, stop_after: int = 0,
@@ -230,15 +243,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
                     (eval_every and step % eval_every == 0) or step == optim.total_steps):
                 scalars.update(hooks.evaluate(step))  # before a save: the saved RNG follows it
             hooks.log_step(step, scalars)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss {loss} at step {step} (lr {lr:.3g}); stopped without saving, "
-                    f"checkpoints up to the last good one are intact — lower optim.blr, set "
-                    f"optim.clip_grad, or use precision.encoder=bf16, then resume")
-            skips_in_a_row = 0 if applied else skips_in_a_row + 1
-            if skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
-                raise TrainingError(f"{skips_in_a_row} optimizer steps in a row skipped for non-finite "
-                                    f"gradients (step {step}); the run diverged — lower the lr / clip")
+            skips_in_a_row = _check_health(loss, step, lr, 0 if applied else skips_in_a_row + 1)
             result.losses.append(loss)
             result.first_loss = loss if result.first_loss is None else result.first_loss
             result.last_loss, result.steps_done = loss, step

@@ -102,13 +102,25 @@ def _log_once(level: int, msg: str) -> None:
     log.log(level if rank == 0 else logging.DEBUG, msg)
 
 
-def resolve_precision(cfg: RunConfig, device: torch.device | str) -> RunConfig:
+def resolve_precision(cfg: RunConfig, device: torch.device | str, announce: bool = True) -> RunConfig:
     """Copy of `cfg` whose precision.encoder is concrete for `device` (auto → bf16/fp16/fp32).
 
     Called once per run right after the device is known, so the loss scaler, the loop's fp16
     flag, MFU, the DeepSpeed JSON checks, checkpoint meta and the dumped config all see the
-    value actually trained with (a run written with auto resumes on the same kind of device)."""
+    value actually trained with (a run written with auto resumes on the same kind of device).
+    announce=False: the caller logs the choice (announce_precision) once its input checks pass,
+    so a bad input stays one error line."""
     requested = cfg.precision.encoder
+    enc, _ = choose_encoder_precision(requested, device)
+    if announce:
+        announce_precision(requested, device)
+    if enc == requested:
+        return cfg
+    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, encoder=enc))
+
+
+def announce_precision(requested: str, device: torch.device | str) -> None:
+    """The one log line about the encoder precision chosen for `requested` on `device`."""
     enc, why = choose_encoder_precision(requested, device)
     if requested == "auto":
         _log_once(logging.INFO, f"precision.encoder=auto -> {enc} ({why})")
@@ -116,9 +128,6 @@ def resolve_precision(cfg: RunConfig, device: torch.device | str) -> RunConfig:
         _log_once(logging.WARNING, f"precision.encoder=bf16 on a CPU without native BF16: its BF16 matmuls "
                   f"are emulated, expect {EMULATED_BF16_COST} (docs/PERFORMANCE.md); "
                   "precision.encoder=auto picks fp32 here")
-    if enc == requested:
-        return cfg
-    return dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, encoder=enc))
 
 
 def _low_modules(model: nn.Module, encoder_precision: str) -> list[nn.Module]:

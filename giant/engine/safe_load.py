@@ -5,7 +5,8 @@ itself with `weights_only=True` (tensors, containers and the few plain types bel
 `giant export` / `giant reshard` run DeepSpeed's loaders, which pass `weights_only=False`, it
 forces them to weights-only too with torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD (read at every load).
 Resuming a run is the exception: DeepSpeed's engine.load_checkpoint unpickles the run dir's
-optimizer state unrestricted (TRUST_NOTE), so a run dir from someone else must be trusted.
+optimizer state unrestricted (giant.commands._args.TRUST_NOTE), so a run dir from someone else
+must be trusted.
 """
 from __future__ import annotations
 
@@ -27,11 +28,6 @@ log = logging.getLogger(__name__)
 FORCE, NO_FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 # torch.save's legacy (non-zip) format starts with this number, pickled
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C.to_bytes(10, "little")
-TRUST_NOTE = ("Resuming (checkpoint.resume=auto over a run dir that holds checkpoints, a run dir\n"
-              "or a step_* dir) loads the DeepSpeed checkpoint with DeepSpeed's own loader, which\n"
-              "unpickles unrestricted and so runs code stored in the files: train into or resume\n"
-              "from a run dir only if you made it or trust whoever did. Weights (checkpoint.init_from,\n"
-              "distill.teacher, giant export, giant reshard, giant convert) load without running code.")
 
 
 def torch_file_kind(path: Path) -> str | None:

@@ -62,7 +62,7 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     """lr for optimizer step `step` (0-based). Needs a resolved config (`lr`, `min_lr` set)."""
     if cfg.lr is None or cfg.min_lr is None:
         raise ConfigError("optim.lr / optim.min_lr are unresolved: call resolve_lrs() with the "
-                          "videos per step first (giant.engine.deepspeed.resolve_optim does this)")
+                          "videos per step first (giant.engine.ds_config.resolve_optim does this)")
     warmup = cfg.warmup_steps
     if step < warmup:
         # linspace semantics: warmup − 1 intervals, so step warmup − 1 is at the peak

@@ -1,39 +1,16 @@
-"""`giant convert SRC DST [--to giant|hf|official] [--label-map FILE] ...`
+"""Conversion between giant, official VideoMAE / V2 and Hugging Face weights (`giant convert`,
+giant/commands/convert.py).
 
-SRC is detected: a giant export (weights.safetensors + model.json), an official VideoMAE / V2
-checkpoint file (.pth/.pt/.bin, any released layout), or a Hugging Face VideoMAE directory.
-DST is a directory for `giant` and `hf`, one .pth file for `official`.
+The source is detected: a giant export (weights.safetensors + model.json), an official VideoMAE /
+V2 checkpoint file (.pth/.pt/.bin, any released layout), or a Hugging Face VideoMAE directory.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Optional
 
-from giant.console import ArgumentParser, out
 from giant.errors import CheckpointError
 from giant.interop import layout, load_any, save_giant
-
-
-def _labels(path: Optional[str]) -> Optional[list[str]]:
-    if not path:
-        return None
-    from giant.data.kinetics710 import read_label_map
-
-    return read_label_map(path)
-
-
-def _row_map(path: Optional[str]) -> Optional[list[int]]:
-    if not path:
-        return None
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"--row-map {path}: {exc}") from None
-    if not isinstance(rows, list) or not all(isinstance(r, int) for r in rows):
-        raise CheckpointError(f"--row-map {path}: expected a JSON list of head rows (integers)")
-    return rows
 
 
 def apply_labels(state: dict, info: dict, labels: Optional[list[str]], head_labels: Optional[list[str]],
@@ -58,54 +35,21 @@ def apply_labels(state: dict, info: dict, labels: Optional[list[str]], head_labe
     return state, info
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="giant convert", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="giant export dir, official checkpoint file, or HF VideoMAE dir")
-    p.add_argument("dst", help="output directory (giant, hf) or .pth file (official)")
-    p.add_argument("--to", choices=["giant", "hf", "official"], default="giant",
-                   help="output format (default: giant)")
-    p.add_argument("--label-map", default=None,
-                   help="class names of the output head, one per line (row i = class i); HF export "
-                        "writes them as id2label")
-    p.add_argument("--head-labels", default=None,
-                   help="label map the stored head was trained with (e.g. the official "
-                        "label_map_k710.txt): rows are matched to --label-map by name, K710 renames "
-                        "included, which slices 710 -> 400/600/700 and reorders")
-    p.add_argument("--row-map", default=None,
-                   help="JSON list of stored head rows to keep, in order (e.g. label_710to400.json "
-                        "or `giant data k710 rowmap` output)")
-    p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model config field the weights do not record (num_frames, img_size, "
-                        "num_heads for non-standard widths, norm_eps, ...); repeatable")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="load a torch file that holds Python objects beyond tensors and argparse "
-                        "args (runs code from the file: only for files you trust)")
-    return p
+def load(src: str, to: str = "giant", overrides: Optional[dict] = None,
+         trust_pickle: bool = False) -> tuple[dict, dict, str]:
+    """→ (state, info, detected source format); converting to `official` needs no input size,
+    an official file having no place for it."""
+    return load_any(src, overrides, trust_pickle, require_geometry=to != "official")
 
 
-def main(argv: Optional[list] = None) -> int:
-    args = _parser().parse_args(argv)
-    overrides = layout.parse_model_overrides(args.model_override)
-    # an official file has no place for the input size, so exporting to it needs none
-    state, info, fmt = load_any(args.src, overrides, args.trust_pickle,
-                                require_geometry=args.to != "official")
-    state, info = apply_labels(state, info, _labels(args.label_map), _labels(args.head_labels),
-                               _row_map(args.row_map))
-    if args.to == "giant":
-        dst = save_giant(args.dst, state, info)
-    elif args.to == "hf":
+def save(to: str, dst: str, state: dict, info: dict) -> Path:
+    """Write `state` as `to` (giant | hf | official) at `dst`; → what was written."""
+    if to == "giant":
+        return save_giant(dst, state, info)
+    if to == "hf":
         from giant.interop.hf import save_hf
 
-        dst = save_hf(args.dst, state, info)
-    else:
-        from giant.interop.videomae import save_official
+        return save_hf(dst, state, info)
+    from giant.interop.videomae import save_official
 
-        dst = save_official(args.dst, state, info)
-    from giant.config import ModelConfig
-
-    cfg = ModelConfig(**info["model"]).resolved()
-    unknown = f"; input size not recorded ({', '.join(info['unknown'])})" if info.get("unknown") else ""
-    out(f"convert: {args.src} ({fmt}) -> {dst} ({args.to}): {layout.describe(cfg, info['kind'])}, "
-        f"{sum(t.numel() for t in state.values()):,} parameters{unknown}")
-    return 0
+    return save_official(dst, state, info)

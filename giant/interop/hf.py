@@ -127,6 +127,7 @@ def hf_config_dict(cfg: ModelConfig, kind: str, labels: Optional[list[str]] = No
 
 def config_from_hf(conf: dict, keys: set[str], src: str) -> tuple[ModelConfig, str, Optional[list]]:
     """(giant config, kind, labels) from a config.json."""
+    from giant.models import resolve as resolve_model
     arch = (conf.get("architectures") or [""])[0]
     kind = {v: k for k, v in ARCH.items()}.get(arch) or layout.kind_of(
         {k.replace("decoder.decoder_layers", "decoder.blocks"): None for k in keys})
@@ -160,7 +161,7 @@ def config_from_hf(conf: dict, keys: set[str], src: str) -> tuple[ModelConfig, s
         log.warning("%s: norm_pix_loss=false; giant's loss always uses the per-patch normalised "
                     "target (outputs are unchanged, the loss differs)", src)
     fields["name"] = layout.size_name(fields)
-    return ModelConfig(**fields).resolved(), kind, labels
+    return resolve_model(ModelConfig(**fields)), kind, labels
 
 
 def _square(value, name: str, src: str) -> int:
@@ -192,6 +193,7 @@ def read_hf_tensors(d: Path, src: str) -> dict:
 
 def load_hf(path: str | Path, overrides: Optional[dict] = None) -> tuple[dict, dict]:
     """(giant state dict in FP32, model.json-style info) from an HF VideoMAE directory."""
+    from giant.models import resolve as resolve_model
     path = Path(path)
     d = path if path.is_dir() else path.parent
     src = str(d)
@@ -203,7 +205,7 @@ def load_hf(path: str | Path, overrides: Optional[dict] = None) -> tuple[dict, d
     if overrides:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, **overrides).resolved()
+        cfg = resolve_model(dataclasses.replace(cfg, **overrides))
     state = from_hf_state(hf, cfg, kind, src)
     return state, layout.model_info(cfg, kind, state, labels, converted_from=str(d.resolve()),
                                     source_format="hf")
@@ -212,10 +214,11 @@ def load_hf(path: str | Path, overrides: Optional[dict] = None) -> tuple[dict, d
 def save_hf(out_dir: str | Path, state: dict, info: dict) -> Path:
     """A directory `VideoMAEFor*.from_pretrained(out_dir)` loads: config.json + model.safetensors,
     with the installed transformers' key names."""
+    from giant.models import resolve as resolve_model
     from safetensors.torch import save_file
     from transformers import VideoMAEConfig
 
-    cfg, kind = ModelConfig(**info["model"]).resolved(), info["kind"]
+    cfg, kind = resolve_model(ModelConfig(**info["model"])), info["kind"]
     hf_conf = VideoMAEConfig(**hf_config_dict(cfg, kind, info.get("labels")))
     expected = hf_model_keys(hf_conf, kind)  # the installed version's names decide 4.x vs 5.x
     style = "4.x" if any(k.endswith("attention.attention.q_bias") for k in expected) else "5.x"

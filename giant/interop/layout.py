@@ -133,6 +133,7 @@ def infer_config(state: dict, kind: str, src: str, overrides: dict | None = None
 
     Precedence: shapes (an override that disagrees raises), then `overrides`, then `hints`
     (training args stored in the file), then the position-table length."""
+    from giant.models import resolve as resolve_model
     overrides, hints = dict(overrides or {}), dict(hints or {})
     fields = shape_fields(state, kind, src)
     for key, value in overrides.items():
@@ -160,7 +161,7 @@ def infer_config(state: dict, kind: str, src: str, overrides: dict | None = None
     fields.update({k: v for k, v in known.items() if v})
     fields.setdefault("name", size_name(fields))
     try:
-        cfg = ModelConfig(**{k: v for k, v in fields.items() if v is not None}).resolved()
+        cfg = resolve_model(ModelConfig(**{k: v for k, v in fields.items() if v is not None}))
     except ConfigError as exc:
         raise CheckpointError(f"{src}: {exc}") from None
     return cfg, missing
@@ -265,8 +266,8 @@ def head_rows(num_rows: int, labels: Optional[list[str]], head_labels: Optional[
 
 def select_head(state: dict, cfg: ModelConfig, rows: list[int]) -> tuple[dict, ModelConfig]:
     """Classifier head restricted / reordered to `rows` (weights copied, bit-exact)."""
-    index = torch.tensor(rows, dtype=torch.long)
+    from giant.artifact import slice_head
+
     out = dict(state)
-    for key in ("head.weight", "head.bias"):
-        out[key] = state[key].index_select(0, index).contiguous()
+    slice_head(out, rows, "--row-map", "the source weights")  # rows were checked by head_rows
     return out, dataclasses.replace(cfg, num_classes=len(rows))

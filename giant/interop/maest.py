@@ -20,16 +20,13 @@ checkpoints), possibly prefixed `module.`.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
+import argparse  # only the type official checkpoints pickle (see read_official), not a CLI
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from giant.console import ArgumentParser, nonnegative_int, positive_int
 from giant.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -37,11 +34,11 @@ log = logging.getLogger(__name__)
 _DECODER = (("decoder_embed.", "encoder_to_decoder."), ("decoder_cls_token", "decoder.cls_token"),
             ("decoder_pos_embed_", "decoder.pos_embed_"), ("decoder_blocks.", "decoder.blocks."),
             ("decoder_norm.", "decoder.norm."), ("decoder_pred.", "decoder.head."))
-_KINDS = ("pretrain", "classifier")
+KINDS = ("pretrain", "classifier")
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in _KINDS:
+    if kind not in KINDS:
         raise CheckpointError(f"kind={kind!r}: use pretrain or classifier")
 
 
@@ -113,49 +110,13 @@ def convert(src: str | Path, out_dir: str | Path, model: dict, kind: str = "",
             trust_pickle: bool = False) -> Path:
     """Official checkpoint → out_dir/weights.safetensors + model.json (giant's export format),
     ready for `checkpoint.init_from`. `model`: the ModelConfig fields (arch=maest, sizes)."""
-    from safetensors.torch import save_file
-
-    from giant.engine.checkpoint import FORMAT, MODEL_JSON, WEIGHTS
+    from giant.artifact import write_artifact
 
     official = read_official(src, trust_pickle)
     kind = kind or guess_kind(official)
-    state = {k: v.detach().float().contiguous().clone() for k, v in official_to_giant(official, kind).items()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
-    info = {"format": FORMAT, "kind": kind, "model": {**model, "arch": "maest"}, "mask": None,
-            "num_params": int(sum(t.numel() for t in state.values())),
-            "provenance": {"converted_from": str(Path(src).resolve()), "source": "facebookresearch/mae_st"}}
-    (out / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
-    log.info("converted %d official MAE-ST tensors (%s) from %s to %s", len(state), kind, src, out)
-    return out / WEIGHTS
-
-
-def main(argv: list | None = None) -> int:
-    """`python -m giant.interop.maest SRC OUT_DIR --model vit_l`: an official MAE-ST checkpoint →
-    OUT_DIR/weights.safetensors + model.json (for `checkpoint.init_from`)."""
-    from giant.config import ModelConfig
-    from giant.models.maest import resolve_maest_config
-
-    p = ArgumentParser(prog="giant convert-maest", description=main.__doc__)
-    p.add_argument("src", help="official .pyth / .pth (pre-training or fine-tuned)")
-    p.add_argument("out", help="output directory")
-    p.add_argument("--model", default="vit_l", help="size name (vit_b, vit_l, vit_h)")
-    p.add_argument("--kind", choices=_KINDS, default="", help="default: guessed from the keys")
-    p.add_argument("--frames", type=positive_int, default=16)
-    p.add_argument("--img-size", type=positive_int, default=224)
-    p.add_argument("--num-classes", type=nonnegative_int, default=0, help="fine-tuned checkpoints: head rows")
-    p.add_argument("--decoder-heads", type=positive_int, default=16, help="official MAE-ST decoders use 16")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="load a file that holds Python objects beyond tensors and argparse args "
-                        "(runs code from the file: only for files you trust)")
-    args = p.parse_args(argv)
-    cfg = resolve_maest_config(ModelConfig(name=args.model, arch="maest", num_frames=args.frames,
-                                           img_size=args.img_size, num_classes=args.num_classes,
-                                           decoder_num_heads=args.decoder_heads))
-    convert(args.src, args.out, dataclasses.asdict(cfg), args.kind, args.trust_pickle)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    state = official_to_giant(official, kind)
+    weights, _ = write_artifact(out_dir, state, {
+        "kind": kind, "model": {**model, "arch": "maest"}, "mask": None,
+        "provenance": {"converted_from": str(Path(src).resolve()), "source": "facebookresearch/mae_st"}})
+    log.info("converted %d official MAE-ST tensors (%s) from %s to %s", len(state), kind, src, out_dir)
+    return weights

@@ -17,7 +17,7 @@ Exports are `{"model": state_dict}` (what the official fine-tune and resume code
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # only the type official checkpoints pickle (see read_file), not a CLI
 import logging
 from pathlib import Path
 from typing import Any, Optional

@@ -18,9 +18,13 @@ from giant.models.maest import MAESTAutoencoder, MAESTClassifier
 from giant.models.sampler import AdaptiveMaskedAutoencoder
 from giant.models.vit import MODEL_SIZES, VideoViT, resolve_model_config, token_grid
 
+# `giant.models.resolve(cfg.model)`: the model config with its size's fields filled and checked.
+# Models resolve their own configs (config.py imports nothing of giant but errors).
+resolve = resolve_model_config
+
 __all__ = ["MODEL_SIZES", "MAEOutput", "MaskedVideoAutoencoder", "AdaptiveMaskedAutoencoder",
            "MAESTAutoencoder", "MAESTClassifier", "VideoClassifier", "VideoViT", "build_model",
-           "resolve_model_config", "token_grid"]
+           "resolve", "resolve_model_config", "token_grid"]
 
 _CLASSES = {
     ("videomae", "none", "pretrain"): MaskedVideoAutoencoder,

@@ -18,34 +18,22 @@ all-gather of every teacher layer per micro-step.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
-import os
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
 from giant.config import ModelConfig, RunConfig
-from giant.console import ArgumentParser, fail, nonnegative_int
-from giant.engine.safe_load import TRUST_NOTE
-from giant.engine.teacher import (choose_teacher_precision, distill_loss, freeze_teacher, partition_teacher,
-                                  teacher_logits)
-from giant.errors import CheckpointError, ConfigError, GiantError
-from giant.stages.driver import GlobalFailures, RunContext, check_weights, setup_logging, stage_main
+from giant.errors import CheckpointError, ConfigError
+from giant.stages.driver import GlobalFailures, RunContext, check_weights
 from giant.stages.finetune import FinetuneStage, validate
-from giant.stages.weights import artifact_model, classifier_state, pos_grid_for
+from giant.stages.teacher import (choose_teacher_precision, distill_loss, freeze_teacher, partition_teacher,
+                                  teacher_logits)
+from giant.stages.weights import classifier_state, pos_grid_for
 
 log = logging.getLogger(__name__)
-
-PROG = "giant distill"  # also the `distill` script's and launch/distill.py's: one command, one prefix
-DEFAULT_RECIPE = "launch/recipes/distill_vitg_to_vitb_k710.yaml"
-# model.* fields a `--student PATH` takes from the artifact's model.json (the architecture; the
-# input geometry and class count stay the recipe's)
-STUDENT_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "tubelet_size", "arch")
 
 
 # ----------------------------------------------------------------------------- the teacher
@@ -62,23 +50,10 @@ def teacher_path(cfg: RunConfig) -> str:
     return path
 
 
-def read_rowmap(path: str, rows_in_head: int) -> list[int]:
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"distill.head_rowmap={path}: cannot read a JSON list of rows ({exc}); "
-                          "write one with `giant data k710 rowmap`") from exc
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, int) and r >= 0 for r in rows):
-        raise ConfigError(f"distill.head_rowmap={path}: expected a JSON list of teacher head rows (integers >= 0)")
-    if max(rows) >= rows_in_head:
-        raise ConfigError(f"distill.head_rowmap={path}: row {max(rows)} but the teacher's head has "
-                          f"{rows_in_head} rows")
-    return rows
-
-
 def teacher_config(cfg: RunConfig, student: ModelConfig, info: dict, num_classes: int, path: str) -> ModelConfig:
     """The teacher's own architecture (model.json / inferred from the weights), fed the student's
     clips: its position table is resampled when it was trained on another grid."""
+    from giant.models import resolve as resolve_model
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     art = {k: v for k, v in (info.get("model") or {}).items() if k in fields}
     want = cfg.distill.teacher_model.get("name")
@@ -92,12 +67,13 @@ def teacher_config(cfg: RunConfig, student: ModelConfig, info: dict, num_classes
     geometry_known = not set(info.get("unknown") or ()) & {"num_frames", "img_size"}
     model = dataclasses.replace(model, **{"pos_grid": pos_grid_for(model, art if geometry_known else None),
                                           **cfg.distill.teacher_model})
-    return model.resolved()
+    return resolve_model(model)
 
 
 def _teacher_state(cfg: RunConfig, path: str, student_classes: int) -> tuple[dict, dict, int]:
     """(classifier state dict, model.json info, classes) with the head sliced by the row map."""
-    from giant.engine.checkpoint import load_weights
+    from giant.artifact import read_rowmap, slice_head
+    from giant.interop import load_weights
 
     state, info = load_weights(path)
     kind = info.get("kind", "finetune")
@@ -107,8 +83,8 @@ def _teacher_state(cfg: RunConfig, path: str, student_classes: int) -> tuple[dic
                           "from a fine-tuned (or K710 post-pre-trained) classifier")
     rows_in_head = state["head.weight"].shape[0]
     if cfg.distill.head_rowmap:
-        rows = torch.tensor(read_rowmap(cfg.distill.head_rowmap, rows_in_head))
-        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        rows = read_rowmap(cfg.distill.head_rowmap, "distill.head_rowmap")
+        slice_head(state, rows, f"distill.head_rowmap={cfg.distill.head_rowmap}", path)
     classes = state["head.weight"].shape[0]
     if classes != student_classes:
         fix = (f"distill.head_rowmap={cfg.distill.head_rowmap} selects {classes} rows"
@@ -180,7 +156,6 @@ class StepStats:
 class DistillStage(FinetuneStage):
     kind = "distill"
     model_kind = "classifier"
-    description = "Distillation: a frozen teacher classifier's class distribution trains a student classifier"
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
@@ -228,10 +203,16 @@ class DistillStage(FinetuneStage):
             result["val/best_top1"] = self.best.update(result["val/top1"], step)
         return result
 
-    def flops_per_clip(self, ctx: RunContext) -> float:
+    @staticmethod
+    def clip_flops(cfg: RunConfig, model_cfg: Any, teacher: Any = None) -> float:
+        """The student's training step + the teacher's forward (eval mode, no backward)."""
         from giant.flops import count
 
-        return super().flops_per_clip(ctx) + count(self.teacher_cfg, "finetune")["flops"]
+        own = FinetuneStage.clip_flops(cfg, model_cfg)
+        return own + (count(teacher, "finetune")["flops"] if teacher is not None else 0)
+
+    def flops_per_clip(self, ctx: RunContext) -> float:
+        return self.clip_flops(ctx.cfg, ctx.model_cfg, self.teacher_cfg)
 
     def meta(self, ctx: RunContext) -> dict:
         d = self.cfg.distill
@@ -249,84 +230,3 @@ def run(cfg: RunConfig) -> dict:
     from giant.stages.driver import run_stage
 
     return run_stage(DistillStage(cfg))
-
-
-# ----------------------------------------------------------------------------- command line
-def model_or_path(text: str, option: str) -> tuple[str, str]:
-    """('size', 'vit_g') for vitg / vit_g / ViT-g / g ..., ('path', text) for an existing path."""
-    from giant.models.vit import MODEL_SIZES
-
-    if os.path.exists(text):
-        return "path", text
-    text_ = text.lower().replace("-", "_")
-    name = next((c for c in (text_, "vit_" + text_.removeprefix("vit").lstrip("_")) if c in MODEL_SIZES), None)
-    if name is None:
-        raise ConfigError(f"{option} {text}: neither a model size ({', '.join(sorted(MODEL_SIZES))}; "
-                          "vitg, vit-g, ViT-g also work) nor an existing file or directory")
-    return "size", name
-
-
-def shorthand_overrides(teacher: Optional[str], student: Optional[str]) -> list[str]:
-    """--teacher / --student → recipe overrides (a size names the model, a path its weights)."""
-    out = []
-    if teacher:
-        kind, value = model_or_path(teacher, "--teacher")
-        out.append(f"distill.teacher={value}" if kind == "path" else f"distill.teacher_model.name={value}")
-    if student:
-        kind, value = model_or_path(student, "--student")
-        if kind == "size":
-            out.append(f"model.name={value}")
-        else:
-            out.append(f"checkpoint.init_from={value}")
-            art = artifact_model(value) or {}
-            out += [f"model.{k}={art[k]}" for k in STUDENT_FIELDS if art.get(k) is not None]
-    return out
-
-
-def default_recipe() -> str:
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / DEFAULT_RECIPE).is_file():
-            return str(root / DEFAULT_RECIPE)
-    raise ConfigError(f"no --recipe given and {DEFAULT_RECIPE} is not found (run from the source checkout, "
-                      "or pass --recipe R.yaml)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog=PROG, description="Distil a frozen teacher classifier into a student classifier (VideoMAE V2 "
-                               "Table 16): KL between their class distributions on the same clips, run by "
-                               "deepspeed / torchrun / srun like the other stages.",
-        epilog="examples:\n  distill --teacher vitg --student vitb distill.teacher=runs/postpretrain_vitg_k710\n"
-               "  torchrun --nproc_per_node 2 launch/distill.py --recipe launch/recipes/demo_distill.yaml\n"
-               "Sizes only: the defaults come from " + DEFAULT_RECIPE + ".\n\n" + TRUST_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", help="teacher size (vitg, vit_g, vitb, ...: checked against the weights) or its "
-                                     "weights (giant run dir, official checkpoint, HF dir) = distill.teacher")
-    p.add_argument("--student", help="student size (= model.name) or weights to start from (= checkpoint.init_from; "
-                                     "a giant artifact's architecture is taken too)")
-    p.add_argument("--recipe", help=f"recipe YAML (default {DEFAULT_RECIPE})")
-    p.add_argument("--ds", help="DeepSpeed JSON (ds_configs/*.json); same as engine.ds_config=...")
-    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None,
-                   help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.temperature=2 stage.run_dir=runs/x")
-    return p
-
-
-def main(argv: Optional[list] = None) -> int:
-    """`distill` / `giant distill` / `launch/distill.py`: exit 0, or 2 for a user error."""
-    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    setup_logging()
-    try:
-        shorthand = shorthand_overrides(args.teacher, args.student)
-        recipe = args.recipe or default_recipe()
-    except GiantError as exc:
-        return fail(PROG, exc)
-    rest = ["--recipe", recipe, *(["--ds", args.ds] if args.ds else []), *args.overrides]
-    return stage_main(DistillStage, rest, PROG, DistillStage.description, defaults=shorthand)
-
-
-def cli_main() -> int:
-    """The `distill` console script."""
-    return main(sys.argv[1:])

@@ -5,7 +5,7 @@ from, data, step function, evaluation, extra scalars/images and artifacts). The 
 run lifecycle once for all of them: config resolution (the DeepSpeed JSON is merged ONCE), the
 process group, the resume plan (incl. re-sharding), engine build, signals and the
 PREEMPTED/ERROR markers, the step loop, cross-rank failure counting, logging, checkpoints, the
-final export and summary, and the argparse/logging `main`.
+final export and summary. The command line that starts it is giant/commands/_stage.py.
 """
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from giant.config import RunConfig, dump_config, load_config, to_dict
-from giant.console import ArgumentParser, fail, nonnegative_int
-from giant.engine.checkpoint import (ARCH_KEYS, CheckpointManager, check_compatible, check_reshardable,
-                                     export_weights, needs_reshard, prepare_run_dir, prepare_universal,
-                                     read_meta)
-from giant.engine.deepspeed import (MergedDS, build_engine, construct_model, init_distributed,
-                                    resolve_ds_config)
+from giant.config import RunConfig, dump_config, to_dict
+from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, check_compatible, read_meta
+from giant.engine.deepspeed import build_engine, construct_model, init_distributed
+from giant.engine.ds_config import MergedDS, resolve_ds_config
+from giant.engine.export import export_weights
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
+from giant.engine.reshard import prepare_universal
 from giant.errors import ConfigError, GiantError
+from giant.safety import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class RunContext:
     """What the driver knows once the process group exists; handed to every stage hook."""
 
-    cfg: RunConfig  # resolved: model sizes filled, absolute lr (after the engine is built)
+    cfg: RunConfig  # THE config of the run: precision, model sizes and absolute lr resolved
     model_cfg: Any
     rank: int
     world: int
@@ -56,14 +56,15 @@ class Stage:
 
     kind = "pretrain"  # recorded in checkpoints and model.json; checked on resume
     model_kind = "pretrain"  # giant.models.build_model kind
-    description = ""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
 
     # -- before the engine
     def model_config(self, cfg: RunConfig) -> Any:
-        return cfg.model.resolved()
+        from giant.models import resolve
+
+        return resolve(cfg.model)
 
     def init_weights(self, ctx: RunContext, model: torch.nn.Module) -> None:
         """Load `checkpoint.init_from` (a previous stage's artifact) into the fresh model."""
@@ -77,8 +78,14 @@ class Stage:
         """`step(engine, batch) -> (loss, output)`; call `failures.add(batch)` first."""
         raise NotImplementedError
 
-    def flops_per_clip(self, ctx: RunContext) -> float:
+    @staticmethod
+    def clip_flops(cfg: RunConfig, model_cfg: Any, teacher: Any = None) -> float:
+        """Training FLOPs of one clip; `giant pipeline plan` reads the same function
+        (giant/stages/registry.py)."""
         return 0.0
+
+    def flops_per_clip(self, ctx: RunContext) -> float:
+        return self.clip_flops(ctx.cfg, ctx.model_cfg)
 
     def states(self, ctx: RunContext) -> dict:
         """Extra objects with state_dict/load_state_dict saved in every checkpoint."""
@@ -141,28 +148,35 @@ def stage_meta(stage: Stage, cfg: RunConfig, model_cfg: Any, world: int, zero: i
             "mask": to_dict(cfg.mask), "config": to_dict(cfg), **(extra or {})}
 
 
-def _plan_resume(stage: Stage, cfg: RunConfig, ckpt: CheckpointManager, model_cfg: Any, world: int,
-                 ds: MergedDS) -> tuple[Optional[tuple[Path, str]], bool]:
-    """Before the engine exists: which checkpoint to resume, and whether it must be re-sharded
-    (then it is converted now, so the engine can be built to load it)."""
+@dataclass
+class ResumePlan:
+    """Decided once, before the engine exists: the checkpoint to resume (None: a fresh start)
+    and whether it loads through a universal (re-sharded) copy."""
+
+    found: Optional[tuple[Path, str]] = None
+    universal: bool = False
+    meta: dict = field(default_factory=dict)  # the checkpoint's giant_meta.json, as checked
+
+
+def _plan_resume(stage: Stage, cfg: RunConfig, ckpt: CheckpointManager, world: int,
+                 ds: MergedDS) -> ResumePlan:
+    """Which checkpoint to resume, and whether it must be re-sharded (then it is converted
+    now, so the engine can be built to load it)."""
     found = ckpt.find(cfg.checkpoint.resume)
     if found is None:
-        return None, False
-    expect = stage_meta(stage, cfg, model_cfg, world, ds.zero_stage, ds.config["train_batch_size"])
+        return ResumePlan()
+    expect = stage_meta(stage, cfg, cfg.model, world, ds.zero_stage, ds.config["train_batch_size"])
     meta = read_meta(found[0] / found[1])
-    check_compatible(meta, expect, found[0] / found[1])  # a wrong model fails before converting
-    universal = needs_reshard(meta, expect)
+    universal = check_compatible(meta, expect, found[0] / found[1])  # a wrong model fails before converting
     if universal:
-        check_reshardable(meta, expect, found[0] / found[1])
         prepare_universal(*found)
-    return found, universal
+    return ResumePlan(found, universal, meta)
 
 
-def _resume(found: Optional[tuple[Path, str]], ckpt: CheckpointManager, engine: Any, meta: dict,
-            states: dict) -> int:
-    if found is None:
+def _resume(plan: ResumePlan, ckpt: CheckpointManager, engine: Any, meta: dict, states: dict) -> int:
+    if plan.found is None:
         return 0
-    client = ckpt.load(engine, found[0], found[1], meta)
+    client = ckpt.load(engine, plan.found[0], plan.found[1], plan.meta, plan.universal, meta)
     for name, obj in states.items():
         if name in client.get("states", {}):
             obj.load_state_dict(client["states"][name])
@@ -206,45 +220,77 @@ def _seed_runtime(seed: int) -> None:
     random.seed(seed)
 
 
+def set_up(cfg: RunConfig, announce: bool = True) -> tuple[RunConfig, torch.device]:
+    """This rank's device, and `cfg` with precision.encoder resolved for it (auto → bf16/fp16/
+    fp32, once): before any process group, so whatever is checked against the concrete
+    precision (the DeepSpeed JSON) fails fast. Every stage kind starts here, evaluation too.
+    announce=False: the caller logs the choice after its input checks (announce_precision)."""
+    from giant.engine.deepspeed import select_device
+    from giant.engine.precision import resolve_precision
+
+    _, device = select_device(cfg)
+    return resolve_precision(cfg, device, announce), device
+
+
+def join(cfg: RunConfig, device: torch.device, run_dir: Path) -> tuple[int, int]:
+    """Start (or join) the process group → (rank, world); rank 0 clears an earlier attempt's
+    ERROR marker in `run_dir`: this attempt decides anew."""
+    rank, world, _, _ = init_distributed(cfg, device)
+    if rank == 0:
+        (run_dir / "ERROR").unlink(missing_ok=True)
+    return rank, world
+
+
 def run_stage(stage: Stage) -> dict:
-    """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks."""
-    ds = resolve_ds_config(stage.cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
-    prepare_run_dir(stage.cfg.stage.run_dir, stage.cfg.checkpoint.resume)  # resume=never over an old run: refuse
-    check_inputs(stage.cfg)
+    """Run `stage` to its end (or a signal); returns the artifacts. Collective over all ranks.
+
+    The stage ends up seeing ONE config (stage.cfg is ctx.cfg): precision resolved for the
+    device, the DeepSpeed JSON merged once against it, model sizes and absolute lr filled in."""
+    from giant.engine.precision import announce_precision
+
+    cfg, device = set_up(stage.cfg, announce=False)  # logged below: a bad input is one line
+    ds = resolve_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
+    prepare_run_dir(cfg.stage.run_dir, cfg.checkpoint.resume)  # resume=never over an old run: refuse
+    check_inputs(cfg)
+    model_cfg = stage.model_config(cfg)  # a config mistake fails before any set-up
+    announce_precision(stage.cfg.precision.encoder, device)  # the inputs passed: now say it
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
     # end in a clean save + PREEMPTED marker, not the default kill
     flag = SignalFlag()
     try:
-        return _run(stage, ds, flag)
+        return _run(stage, cfg, model_cfg, device, ds, flag)
     finally:
         flag.restore()  # idempotent; also when start-up fails before the loop
 
 
-def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
-    from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
+def _start(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device,
+           ds: MergedDS) -> tuple[RunContext, CheckpointManager, ResumePlan]:
+    """Process group, the run's one resolved config, the resume plan, the engine."""
+    from giant.engine.ds_config import resolve_optim
 
-    from giant.engine.precision import resolve_precision
-
-    model_cfg = stage.model_config(stage.cfg)  # precision-free: a config mistake fails before any set-up
-    rank, world, _, device = init_distributed(stage.cfg)
-    # auto → bf16/fp16/fp32 for this device, once; the JSON is re-merged against the concrete value
-    stage.cfg = cfg = resolve_precision(stage.cfg, device)
-    ds = resolve_ds_config(cfg, world)
     run_dir = Path(cfg.stage.run_dir)
-    if rank == 0:
-        (run_dir / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one decides anew
+    rank, world = join(cfg, device, run_dir)
+    cfg = dataclasses.replace(cfg, model=model_cfg, optim=resolve_optim(cfg.optim, world))
+    stage.cfg = cfg
     ctx = RunContext(cfg=cfg, model_cfg=model_cfg, rank=rank, world=world, device=device,
                      run_dir=run_dir, ds=ds)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last)
-    found, universal = _plan_resume(stage, cfg, ckpt, model_cfg, world, ds)
+    plan = _plan_resume(stage, cfg, ckpt, world, ds)
     torch.manual_seed(cfg.stage.seed)  # identical init on every rank (ZeRO-3 keeps local shards)
     model = construct_model(cfg, model_cfg, stage.model_kind, ds=ds)
     stage.init_weights(ctx, model)
-    engine, info = build_engine(model, cfg, device, run_dir, rank, load_universal=universal, ds=ds)
-    ctx.cfg = resolved = dataclasses.replace(cfg, model=model_cfg, optim=info.optim)
-    ctx.engine, ctx.info = engine, info
+    ctx.engine, ctx.info = build_engine(model, cfg, device, run_dir, rank, load_universal=plan.universal, ds=ds)
     if rank == 0:
-        dump_config(resolved, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / "config.yaml")
+    return ctx, ckpt, plan
+
+
+def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds: MergedDS,
+         flag: SignalFlag) -> dict:
+    from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
+
+    ctx, ckpt, plan = _start(stage, cfg, model_cfg, device, ds)
+    cfg, rank, world, run_dir, engine, info = ctx.cfg, ctx.rank, ctx.world, ctx.run_dir, ctx.engine, ctx.info
     _seed_runtime(cfg.stage.seed + 1000 + rank)  # per-rank runtime randomness (drop path, mixup)
     batches, local_tracker = stage.data(ctx)
     loader = getattr(batches, "loader", None)
@@ -252,15 +298,14 @@ def _run(stage: Stage, ds: MergedDS, flag: SignalFlag) -> dict:
         # torch RNG, shifting drop path after a resume (which re-creates it at another step)
         loader.generator = torch.Generator().manual_seed(cfg.stage.seed + rank)
     failures = GlobalFailures(local_tracker, rank)
-    meta = stage_meta(stage, resolved, model_cfg, world, info.zero_stage, info.global_batch_clips,
-                      stage.meta(ctx))
+    meta = stage_meta(stage, cfg, model_cfg, world, info.zero_stage, info.global_batch_clips, stage.meta(ctx))
     states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": failures,
               **stage.states(ctx)}
-    ctx.start_step = start = _resume(found, ckpt, engine, meta, states)
+    ctx.start_step = start = _resume(plan, ckpt, engine, meta, states)
 
     def save(step: int) -> str:
         client = {"step": step, "states": {k: v.state_dict() for k, v in states.items()},
-                  "config": to_dict(resolved)}
+                  "config": to_dict(cfg)}
         return str(ckpt.save(engine, step, client, meta))
 
     ctx.metrics = metrics = MetricsLogger(
@@ -310,26 +355,6 @@ def setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
 
 
-def parse_args(argv: Optional[list], prog: str, description: str,
-               defaults: Optional[list] = None) -> RunConfig:
-    """`--recipe R.yaml --ds DS.json [k=v ...]` → RunConfig (`defaults` go before the recipe's
-    own overrides, e.g. the stage name)."""
-    from giant.engine.safe_load import TRUST_NOTE
-
-    p = ArgumentParser(prog=prog, description=description, epilog=TRUST_NOTE)
-    p.add_argument("--recipe", help="recipe YAML (launch/recipes/*.yaml)")
-    p.add_argument("--ds", help="DeepSpeed JSON (ds_configs/*.json); same as engine.ds_config=...")
-    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None,
-                   help="set by the deepspeed launcher; LOCAL_RANK is read from the environment")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.blr=3e-4 stage.run_dir=runs/x")
-    args = p.parse_intermixed_args(argv)  # overrides may come before, between or after options
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    overrides = list(defaults or []) + list(args.overrides)
-    overrides += [f"engine.ds_config={args.ds}"] if args.ds else []
-    return load_config(args.recipe, overrides)
-
-
 def check_inputs(cfg: RunConfig) -> None:
     """The paths a person types most, checked before a run dir or a process group exists, so a
     typo is one line that leaves nothing behind (their contents are read when they are used)."""
@@ -355,29 +380,6 @@ def check_weights(key: str, path: str, fix: str = "") -> None:
         raise ConfigError(f"{key}: {exc}") from None
 
 
-def stage_main(make_stage: Callable[[RunConfig], Stage], argv: Optional[list], prog: str,
-               description: str, defaults: Optional[list] = None) -> int:
-    """What `launch/<stage>.py` and `giant <stage>` run: parse, run, exit 0 / 2 (GiantError: the
-    one line `PROG: error: ...`, which RUN_DIR/ERROR of a started run holds too)."""
-    setup_logging()
-    cfg = None
-    try:
-        cfg = parse_args(argv, prog, description, defaults)
-        art = run_stage(make_stage(cfg))
-    except GiantError as exc:
-        fail(prog, exc)
-        if cfg is not None and int(os.environ.get("RANK", "0")) == 0:
-            mark_error(Path(cfg.stage.run_dir), exc)
-        return 2
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        log.info("done (%s): %d steps, loss %s → %s; run dir %s", art["reason"], art["steps"],
-                 _fmt(art["first_loss"]), _fmt(art["last_loss"]), art["run_dir"])
-    return 0
-
-
 def mark_error(run_dir: Path, exc: Exception) -> None:
     """RUN_DIR/ERROR: the batch script must not requeue a run a person has to fix, whatever
     exit code the launcher reports once it has killed the other ranks."""
@@ -388,6 +390,3 @@ def mark_error(run_dir: Path, exc: Exception) -> None:
     except OSError:
         pass  # the run dir itself may be the problem; the exit code still says 2
 
-
-def _fmt(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

@@ -14,12 +14,10 @@ from the reference's video scores. Every evaluation writes its scores to scores.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,12 +25,10 @@ import numpy as np
 import torch
 
 from giant.config import RunConfig, load_config
-from giant.console import ArgumentParser, fail, nonnegative_int
-from giant.errors import ConfigError, GiantError
+from giant.errors import ConfigError
 from giant.stages.sharding import PaddedShardSampler, all_gather_rows
 
 log = logging.getLogger(__name__)
-PROG = "giant evaluate"
 SCORES = "scores.npz"  # per video: path, readable, mean softmax over its views (for --reference)
 
 
@@ -56,7 +52,7 @@ def _config_from(target: Optional[str], recipe: Optional[str], overrides: list[s
 
 
 def _model_cfg(cfg: RunConfig) -> Any:
-    from giant.stages.weights import artifact_model
+    from giant.artifact import artifact_model
 
     art = artifact_model(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None
     if art is None:
@@ -67,11 +63,13 @@ def _model_cfg(cfg: RunConfig) -> Any:
     if model_cfg.num_classes < 1:
         raise ConfigError(f"{cfg.checkpoint.init_from}: the weights are not a classifier "
                           "(num_classes 0); evaluate a fine-tuned run")
-    return model_cfg.resolved()
+    from giant.models import resolve
+
+    return resolve(model_cfg)
 
 
 def build_eval_model(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    from giant.engine.checkpoint import load_weights
+    from giant.interop import load_weights
     from giant.engine.precision import apply_precision
     from giant.models import build_model
 
@@ -91,7 +89,7 @@ def _slice_head(cfg: RunConfig, model_cfg: Any, state: dict) -> Any:
     """finetune.head_rowmap on a head with more rows than the map (a K710 model scored on
     K400/600/700 labels, e.g. the distilled student): keep the mapped rows, in the map's order.
     A head with as many rows as the map was sliced when it was fine-tuned and is left alone."""
-    from giant.stages.weights import read_rowmap
+    from giant.artifact import read_rowmap, slice_head
 
     if not cfg.finetune.head_rowmap or "head.weight" not in state:
         return model_cfg
@@ -99,11 +97,7 @@ def _slice_head(cfg: RunConfig, model_cfg: Any, state: dict) -> Any:
     have = state["head.weight"].shape[0]
     if have == len(rows):
         return model_cfg
-    if max(rows) >= have:
-        raise ConfigError(f"finetune.head_rowmap={cfg.finetune.head_rowmap}: row {max(rows)} but the "
-                          f"head in {cfg.checkpoint.init_from} has {have} rows")
-    idx = torch.tensor(rows)
-    state["head.weight"], state["head.bias"] = state["head.weight"][idx], state["head.bias"][idx]
+    slice_head(state, rows, f"finetune.head_rowmap={cfg.finetune.head_rowmap}", cfg.checkpoint.init_from)
     log.info("head sliced %d → %d rows by %s", have, len(rows), cfg.finetune.head_rowmap)
     return dataclasses.replace(model_cfg, num_classes=len(rows))
 
@@ -211,6 +205,20 @@ def _write_outputs(out_dir: Path, entries: list, idx: np.ndarray, label: np.ndar
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+class EvaluateStage:
+    """The evaluate kind as giant/stages/registry.py names it. It trains nothing, so it runs
+    `run` below on the driver's set-up (set_up, join) instead of the training loop."""
+
+    kind = "evaluate"
+
+    @staticmethod
+    def clip_flops(cfg: RunConfig, model_cfg: Any, teacher: Any = None) -> float:
+        """One view's forward; a video costs views × this."""
+        from giant.flops import count
+
+        return count(model_cfg, "finetune")["flops"]
+
+
 def _check_inputs(cfg: RunConfig) -> None:
     """Weights without a classifier, no or an unreadable test list: fail on every rank before
     any process group or output exists."""
@@ -228,15 +236,14 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
     """Collective over all ranks; rank 0 writes results.json, predictions.csv, scores.npz,
     confusion.png."""
     from giant.data import TestViews, collate_test, make_loader
-    from giant.engine.deepspeed import init_distributed
-
-    from giant.engine.precision import resolve_precision
+    from giant.stages.driver import join, set_up
 
     if reference:  # a missing one fails before any work, on every rank
         reference_scores(Path(reference))
     _check_inputs(cfg)
-    rank, world, _, device = init_distributed(cfg)
-    cfg = resolve_precision(cfg, device)
+    cfg, device = set_up(cfg)  # the driver's set-up: device, precision, then the process group
+    out = output_dir(out_dir, cfg.checkpoint.init_from) or Path(cfg.stage.run_dir)
+    rank, world = join(cfg, device, out)
     model, model_cfg = build_eval_model(cfg, device)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     dataset = TestViews.from_config(cfg, "test")
@@ -257,7 +264,6 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
     result = summarise(g_idx, g_lab, g_valid, g_scores, model_cfg.num_classes)
     result.update(views=dataset.num_views, temporal=dataset.num_temporal, spatial=dataset.num_spatial,
                   world_size=world, weights=str(cfg.checkpoint.init_from))
-    out = output_dir(out_dir, cfg.checkpoint.init_from) or Path(cfg.stage.run_dir)
     if rank == 0:
         if reference:
             paths = [dataset.entries[int(i)].path for i in g_idx]
@@ -268,50 +274,9 @@ def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] 
             else:
                 log.warning("against %s: no video readable in both evaluations, nothing compared", reference)
         _write_outputs(out, dataset.entries, g_idx, g_lab, g_valid, g_scores, result, None)
-        (out / "ERROR").unlink(missing_ok=True)  # an earlier attempt's; this one succeeded
         log.info("evaluated %d videos × %d views: top-1 %.2f top-5 %.2f (%d unreadable; over all "
                  "videos top-1 %.2f); results in %s", result["videos"], dataset.num_views,
                  result["top1"], result["top5"], result["unreadable"], result["top1_all"], out)
     result["out_dir"] = str(out)
     return result
-
-
-def main(argv: Optional[list] = None) -> int:
-    """`giant evaluate RUN_DIR_OR_WEIGHTS [--recipe R] [--out DIR] [k=v ...]` (any launcher)."""
-    from giant.stages.driver import setup_logging
-
-    setup_logging()
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("target", metavar="TARGET", help="fine-tuned run dir or weights dir (weights.safetensors + "
-                   "model.json); its config.yaml supplies the data settings")
-    p.add_argument("--recipe", help="recipe YAML instead of the run dir's config.yaml")
-    p.add_argument("--out", help="output dir (default: TARGET/eval)")
-    p.add_argument("--reference", metavar="EVAL_DIR",
-                   help="another evaluation of the same videos (e.g. the teacher's): adds top-1 agreement "
-                   "and KL(reference ‖ this) to results.json")
-    p.add_argument("--ds", help="accepted for launcher symmetry; evaluation needs no DeepSpeed JSON")
-    p.add_argument("--local_rank", "--local-rank", type=nonnegative_int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. data.test_manifest=... "
-                   "data.test_temporal_views=2")
-    args = p.parse_intermixed_args(argv)
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    try:
-        if not Path(args.target).exists():
-            raise ConfigError(f"TARGET {args.target} does not exist (give a fine-tuned run dir or its "
-                              "weights.safetensors + model.json)")
-        cfg = _config_from(args.target, args.recipe, args.overrides)
-        run(cfg, args.out, args.reference)
-    except GiantError as exc:
-        fail(PROG, exc)
-        out = output_dir(args.out, args.target)
-        if out is not None:  # a batch script reads OUT/ERROR and does not requeue (launch/slurm/env.sh)
-            from giant.stages.driver import mark_error
-
-            mark_error(out, exc)  # only into a folder that exists: a bad input leaves nothing behind
-        return 2
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
 

@@ -18,12 +18,13 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from giant.artifact import artifact_model
 from giant.config import RunConfig
 from giant.engine.loop import EpochBatches
 from giant.errors import ConfigError
-from giant.stages.driver import GlobalFailures, RunContext, Stage, stage_main
+from giant.stages.driver import GlobalFailures, RunContext, Stage
 from giant.stages.sharding import PaddedShardSampler, all_reduce_sum
-from giant.stages.weights import artifact_model, load_classifier_init, pos_grid_for
+from giant.stages.weights import load_classifier_init, pos_grid_for
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,10 @@ def supervised_loss(cfg: RunConfig, mixed: bool) -> Callable:
 class FinetuneStage(Stage):
     kind = "finetune"
     model_kind = "classifier"
-    description = "Supervised fine-tuning / post-pre-training of a video classifier"
 
     def model_config(self, cfg: RunConfig) -> Any:
-        model_cfg = cfg.model.resolved()
+        from giant.models import resolve as resolve_model
+        model_cfg = resolve_model(cfg.model)
         if model_cfg.num_classes < 1:
             raise ConfigError("model.num_classes must be set (>= 1) for a supervised stage")
         art = artifact_model(cfg.checkpoint.init_from) if cfg.checkpoint.init_from else None
@@ -107,7 +108,7 @@ class FinetuneStage(Stage):
         from giant.data import (FailureTracker, LabeledClips, ResumableDistributedSampler,
                                 collate_labeled, make_loader, set_loader_epoch)
 
-        cfg = dataclasses.replace(self.cfg, model=ctx.model_cfg)
+        cfg = self.cfg  # the driver's resolved config (model sizes filled)
         if not cfg.data.manifest:
             raise ConfigError("data.manifest is empty: point it at a labelled manifest (path,label)")
         dataset = LabeledClips.from_config(cfg, "train")
@@ -156,10 +157,11 @@ class FinetuneStage(Stage):
 
         return step
 
-    def flops_per_clip(self, ctx: RunContext) -> float:
+    @staticmethod
+    def clip_flops(cfg: RunConfig, model_cfg: Any, teacher: Any = None) -> float:
         from giant.flops import train_flops_per_clip
 
-        return train_flops_per_clip(ctx.model_cfg, None, "finetune")
+        return train_flops_per_clip(model_cfg, None, "finetune")
 
     def evaluate(self, ctx: RunContext, step: int) -> dict:
         if not self.cfg.data.val_manifest:
@@ -173,7 +175,7 @@ class FinetuneStage(Stage):
         if not hasattr(self, "_val"):
             from giant.data import LabeledClips, collate_labeled, make_loader
 
-            cfg = dataclasses.replace(self.cfg, model=ctx.model_cfg)
+            cfg = self.cfg  # the driver's resolved config (model sizes filled)
             dataset = LabeledClips.from_config(cfg, "val")
             batch = cfg.finetune.eval_batch_size or cfg.optim.batch_size
             sampler = PaddedShardSampler(len(dataset), ctx.rank, ctx.world, batch)
@@ -243,6 +245,3 @@ def run(cfg: RunConfig) -> dict:
 
     return run_stage(FinetuneStage(cfg))
 
-
-def main(argv: Optional[list] = None) -> int:
-    return stage_main(FinetuneStage, argv, "giant finetune", FinetuneStage.description)

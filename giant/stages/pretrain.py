@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -14,14 +13,13 @@ import torch
 from giant.config import RunConfig
 from giant.engine.loop import EpochBatches
 from giant.errors import ConfigError
-from giant.stages.driver import GlobalFailures, RunContext, Stage, stage_main
+from giant.stages.driver import GlobalFailures, RunContext, Stage
 from giant.stages.weights import load_init_weights
 
 
 class PretrainStage(Stage):
     kind = "pretrain"
     model_kind = "pretrain"
-    description = "Masked-autoencoder pre-training (VideoMAE V2 dual masking)"
 
     def init_weights(self, ctx: RunContext, model: torch.nn.Module) -> None:
         if self.cfg.checkpoint.init_from:
@@ -37,7 +35,7 @@ class PretrainStage(Stage):
             raise ConfigError("data.manifest is empty: point it at a manifest (e.g. `giant data synth "
                               "data/synth` then data.manifest=data/synth/train.csv)")
         mask_fn = MaskGenerator(cfg.mask, token_grid(ctx.model_cfg))
-        dataset = PretrainClips.from_config(dataclasses.replace(cfg, model=ctx.model_cfg), "train", mask_fn)
+        dataset = PretrainClips.from_config(cfg, "train", mask_fn)  # cfg: the driver's resolved one
         sampler = ResumableDistributedSampler(len(dataset), ctx.rank, ctx.world, seed=cfg.stage.seed,
                                               shuffle=True, drop_last=len(dataset) >= ctx.world)
         # a decode stuck in C code raises DataError after data.loader_timeout_s; the launcher
@@ -71,15 +69,16 @@ class PretrainStage(Stage):
 
         return step
 
-    def flops_per_clip(self, ctx: RunContext) -> float:
+    @staticmethod
+    def clip_flops(cfg: RunConfig, model_cfg: Any, teacher: Any = None) -> float:
         from giant.flops import train_flops_per_clip
 
-        return train_flops_per_clip(ctx.model_cfg, self.cfg.mask, "pretrain")
+        return train_flops_per_clip(model_cfg, cfg.mask, "pretrain")
 
     def image(self, ctx: RunContext, step: int, batch: dict, out: Any) -> Optional[str]:
         if ctx.rank != 0:
             return None
-        from giant.engine.visualize import reconstruction_image
+        from giant.stages.visualize import reconstruction_image
 
         # the masks the model used (AdaMAE draws them; the batch then holds placeholders)
         img = reconstruction_image(batch["video"][0], out.enc_keep[0].cpu(), out.dec_keep[0].cpu(),
@@ -93,12 +92,3 @@ def run(cfg: RunConfig) -> dict:
 
     return run_stage(PretrainStage(cfg))
 
-
-def parse_args(argv: Optional[list]) -> RunConfig:
-    from giant.stages.driver import parse_args as parse
-
-    return parse(argv, "giant pretrain", PretrainStage.description)
-
-
-def main(argv: Optional[list] = None) -> int:
-    return stage_main(PretrainStage, argv, "giant pretrain", PretrainStage.description)

@@ -9,42 +9,19 @@ one line; anything missing beyond the head and fc_norm is an error.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from giant.engine.checkpoint import MODEL_JSON, load_weights
+from giant.artifact import HEAD_KEYS, read_rowmap, slice_head
 from giant.engine.deepspeed import load_state
 from giant.errors import CheckpointError, ConfigError
+from giant.interop import load_weights
 
 log = logging.getLogger(__name__)
 
-HEAD_KEYS = ("head.weight", "head.bias")
 MAY_BE_MISSING = ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias")
-
-
-def artifact_model(path: str) -> Optional[dict]:
-    """The model section of an artifact's model.json, if there is one (no tensors read)."""
-    p = Path(path)
-    mj = (p if p.is_dir() else p.parent) / MODEL_JSON
-    if not mj.is_file():
-        return None
-    return json.loads(mj.read_text()).get("model")
-
-
-def read_rowmap(path: str) -> list[int]:
-    """A JSON list of head rows (`giant data k710 rowmap` writes one)."""
-    try:
-        rows = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"finetune.head_rowmap={path}: cannot read a JSON list of rows ({exc}); "
-                          "write one with `giant data k710 rowmap`") from exc
-    if not isinstance(rows, list) or not all(isinstance(r, int) for r in rows):
-        raise ConfigError(f"finetune.head_rowmap={path}: expected a JSON list of integers")
-    return rows
 
 
 def load_init_weights(model: torch.nn.Module, path: str, strict: bool = True) -> None:
@@ -82,11 +59,7 @@ def _fit_head(state: dict, model_state_shapes: dict, rowmap: Optional[str], path
     have = tuple(state["head.weight"].shape)
     if rowmap:
         rows = read_rowmap(rowmap)
-        if max(rows) >= have[0]:
-            raise ConfigError(f"finetune.head_rowmap={rowmap}: row {max(rows)} but the head in {path} "
-                              f"has {have[0]} rows")
-        idx = torch.tensor(rows)
-        state["head.weight"], state["head.bias"] = state["head.weight"][idx], state["head.bias"][idx]
+        slice_head(state, rows, f"finetune.head_rowmap={rowmap}", path)
         if want is not None and tuple(state["head.weight"].shape) != tuple(want):
             raise ConfigError(f"finetune.head_rowmap={rowmap} selects {len(rows)} rows but "
                               f"model.num_classes={want[0]}")

@@ -60,8 +60,9 @@ def step_seconds(kind: str, cfg, mask, clips: int, world: int, s: Settings, gpu:
     from giant.config import RunConfig
     from giant.flops import count, decoder_kept_tokens, token_grid, visible_tokens
     from giant.memory import Stage, evaluate
+    from giant.models import resolve as resolve_model
 
-    m = cfg.resolved()
+    m = resolve_model(cfg)
     grid = token_grid(m)
     n_all = grid[0] * grid[1] * grid[2]
     c = count(m, "pretrain" if kind == "pretrain" else "finetune", mask)

@@ -38,13 +38,14 @@ def main() -> None:
 
     from giant.config import ModelConfig, load_config
     from giant.models import build_model
+    from giant.models import resolve as resolve_model
     from giant.stages import evaluate
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     temporal, spatial = (int(v) for v in args.views.split("x"))
     extra = {"patch_size": args.patch} if args.patch else {}
-    mcfg = ModelConfig(name=args.model, num_frames=args.frames, img_size=args.img_size,
-                       num_classes=args.classes, **extra).resolved()
+    mcfg = resolve_model(ModelConfig(name=args.model, num_frames=args.frames, img_size=args.img_size,
+                       num_classes=args.classes, **extra))
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp) / "model"
         art.mkdir()

@@ -79,7 +79,7 @@ PY
   fi
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
   export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$WORK/torch_extensions}
-  "$PY" -c "import torch, deepspeed, giant.memory, giant.engine.bench; print('setup: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| cuda', torch.cuda.is_available())"
+  "$PY" -c "import torch, deepspeed, giant.memory, giant.stages.bench; print('setup: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| cuda', torch.cuda.is_available())"
 }
 
 # ----------------------------------------------------------------------------- sections

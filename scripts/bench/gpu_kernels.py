@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # giant from this checkout
+from giant.models import resolve as resolve_model
 
 # (name, batch, heads, tokens, head dim, dtype): giant's attention calls at the recipes' batches
 SHAPES = [
@@ -202,7 +203,7 @@ def cmd_saved(args: argparse.Namespace) -> dict:
     device = _device()
     if device.type != "cuda":
         return {"skipped": "needs a GPU (the CPU checks are tests/test_memory.py)"}
-    cfg = ModelConfig(name="vit_b", num_frames=8, img_size=112, num_classes=10).resolved()
+    cfg = resolve_model(ModelConfig(name="vit_b", num_frames=8, img_size=112, num_classes=10))
     mask, clips, rows = MaskConfig(), 4, []
     for kind in ("pretrain", "classifier"):
         for ckpt in ("off", "all"):

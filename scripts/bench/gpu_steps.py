@@ -1,4 +1,4 @@
-"""Training steps for scripts/bench/gpu_check.sh, through giant's own engine (giant.engine.bench /
+"""Training steps for scripts/bench/gpu_check.sh, through giant's own engine (giant.stages.bench /
 build_engine); each subcommand prints one JSON object, with the memory planner's prediction
 (giant/memory.py) next to the measured peak.
 
@@ -29,6 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from giant.models import resolve as resolve_model
 PRETRAIN_RECIPE = REPO / "launch/recipes/pretrain_vitg_hybrid.yaml"
 FINETUNE_RECIPE = REPO / "launch/recipes/finetune_vitg_k400.yaml"
 SHIPPED_OVERRIDES = ["precision.decoder_matmul=fp32", "precision.cast=block",
@@ -67,7 +68,8 @@ def _bench_args(args: argparse.Namespace, extra: list[str]) -> list[str]:
 def cmd_pretrain(args: argparse.Namespace) -> dict:
     import giant.models.vit as vit
     from giant.config import load_config
-    from giant.engine import bench
+    from giant.commands import bench as bench_cli
+    from giant.stages import bench
 
     device = torch.device(args.device)
     recipe = load_config(PRETRAIN_RECIPE, [])
@@ -83,29 +85,30 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
         ds_path, overrides, ckpt = REPO / "ds_configs/zero2.json", [], None
     argv = ["--model", model, "--frames", str(frames), "--img-size", str(size), "--batch", str(clips),
             "--precision", prec, "--ds", str(ds_path)]
-    cfg = bench._config(bench.parse_args(_bench_args(args, argv + overrides)))
+    cfg = bench._config(bench_cli.parse_args(_bench_args(args, argv + overrides)))
     ds = json.loads(ds_path.read_text())
     ckpt = ckpt or _choose_ckpt(cfg, "pretrain", ds, device)
     out = {"variant": args.variant, "act_ckpt": ckpt, "overrides": overrides, "ds": ds.get("zero_optimization"),
            **_planner(cfg, "pretrain", ds, ckpt)}
-    return {**out, **_run(lambda: bench.run(bench.parse_args(_bench_args(args, argv + ["--act-ckpt", ckpt]
+    return {**out, **_run(lambda: bench.run(bench_cli.parse_args(_bench_args(args, argv + ["--act-ckpt", ckpt]
                                                                           + overrides))))}
 
 
 def cmd_distill(args: argparse.Namespace) -> dict:
     """Table 16's step: ViT-B student (16 clips) under a frozen ViT-g teacher in BF16."""
     from giant.config import ModelConfig
-    from giant.engine import bench
+    from giant.commands import bench as bench_cli
+    from giant.stages import bench
 
     student, teacher = ("tiny", "tiny") if args.tiny else ("vit_b", "vit_g")
     size, frames = (32, 4) if args.tiny else (224, 16)
     argv = ["--model", student, "--teacher", teacher, "--batch", str(args.clips or 16), "--classes", "710",
             "--frames", str(frames), "--img-size", str(size), "--precision", "bf16", "--teacher-precision", "bf16",
             "--zero", "2"]
-    parsed = bench.parse_args(_bench_args(args, argv))
+    parsed = bench_cli.parse_args(_bench_args(args, argv))
     cfg = bench._config(parsed)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=710))
-    tcfg = ModelConfig(name=teacher, num_frames=frames, img_size=size, num_classes=710).resolved()
+    tcfg = resolve_model(ModelConfig(name=teacher, num_frames=frames, img_size=size, num_classes=710))
     ds = json.loads((REPO / "ds_configs/zero2.json").read_text())
     return {**_planner(cfg, "distill", ds, "off", tcfg), **_run(lambda: bench.run_distill(parsed))}
 
@@ -138,7 +141,7 @@ def _finetune_steps(cfg, args: argparse.Namespace) -> dict:
 
     rank, world, _, device = init_distributed(cfg)
     cfg = resolve_precision(cfg, device)
-    mcfg = cfg.model.resolved()
+    mcfg = resolve_model(cfg.model)
     engine, info = build_engine(construct_model(cfg, mcfg, "classifier"), cfg, device)
     clips = cfg.optim.batch_size * cfg.data.num_sample
     g = torch.Generator().manual_seed(rank)

@@ -7,7 +7,7 @@ Each config is keyframe_seconds:crf:tune:preset. For each, the first N videos ar
 this process (CPU seconds per file = encode cost), then random 16x4 windows are decoded from the
 prepared files and the originals, the same windows for every config and reader, interleaved (CPU
 ms per window; scripts/bench/decode_windows.py), and compared with the same frames of the source
-(PSNR in dB, RGB; prepare.window_psnr). One JSON line per config.
+(PSNR in dB, RGB; prepare_quality.window_psnr). One JSON line per config.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def prepare_config(config: str, subset: Path, out_root: Path) -> tuple[dict, lis
 
 def psnr_of(sources: list[str], prepared: list[str], per_video: int = 2) -> list[float]:
     from giant.data.decode import PyAVReader
-    from giant.data.prepare import window_psnr
+    from giant.data.prepare_quality import window_psnr
     from giant.data.sampling import dense_indices
 
     rng = np.random.default_rng(1)

@@ -10,13 +10,14 @@ import torch
 
 from giant.config import load_config
 from giant.engine.deepspeed import construct_model, init_distributed
+from giant.models import resolve as resolve_model
 
 cfg = load_config(None, ["model.name=vit_g", "engine.ds_config=ds_configs/zero3.json", "stage.device=cpu",
                          "optim.batch_size=1", "data.num_sample=1", f"engine.zero_init={sys.argv[1]}"])
 rank, world, _, _ = init_distributed(cfg)
 torch.manual_seed(0)
 t0 = time.time()
-model = construct_model(cfg, cfg.model.resolved(), "pretrain")
+model = construct_model(cfg, resolve_model(cfg.model), "pretrain")
 seconds = time.time() - t0
 # a partitioned parameter is empty and keeps this rank's slice in ds_tensor
 held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())

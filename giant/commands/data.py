@@ -1,5 +1,4 @@
-"""`giant data synth | validate | k710 | prepare | bench` (dispatched from giant.cli as
-`giant data ...`).
+"""`giant data synth | validate | k710 | prepare | bench`: datasets and manifests.
 
 CLI output goes to stdout/stderr directly; library modules only log.
 """
@@ -8,12 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from giant.console import ArgumentParser, fail, nonnegative_int, out, positive_int
-from giant.data import kinetics710
+from giant.commands._args import ArgumentParser, nonnegative_int, positive_int
+from giant.console import fail, out
 from giant.errors import GiantError
 
 
@@ -35,66 +32,18 @@ def _synth(args) -> int:
     return 0
 
 
-def check_entry(entry, backend: str, num_frames: int, stride: int, min_frames: int) -> str | None:
-    """None if the entry opens, has >= min_frames frames, and decodes its centre clip and its
-    last frame (which catches truncated files); else the reason. A video shorter than the clip
-    passes unless min_frames says otherwise: training and evaluation pad it."""
-    import numpy as np
-
-    from giant.data.decode import VideoDecodeError, clip_range, header_frame_count, open_video
-    from giant.data.sampling import dense_indices
-
-    try:
-        with open_video(entry.path, backend) as reader:
-            promised = 0 if Path(entry.path).is_dir() else header_frame_count(entry.path)
-            if promised and reader.num_frames < 0.95 * promised:
-                return (f"truncated: {reader.num_frames} of the {promised} frames in its "
-                        "header are readable")
-            start, end = clip_range(reader, entry.start, entry.end, entry.numbered)
-            if end - start < min_frames:
-                return f"only {end - start} frames, need at least {min_frames}"
-            indices = np.append(dense_indices(start, end, num_frames, stride), end - 1)
-            frames = reader.get_frames(indices)
-            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-                return f"unexpected frame array {frames.shape} {frames.dtype}"
-    except VideoDecodeError as exc:
-        return str(exc)
-    return None
-
-
-def _check_one(job) -> str | None:
-    entry, backend, num_frames, stride, min_frames = job
-    try:
-        return check_entry(entry, backend, num_frames, stride, min_frames)
-    except Exception as exc:  # noqa: BLE001 - one odd file must not abort the whole pool.map
-        return f"{type(exc).__name__}: {exc}"
-
-
 def _validate(args) -> int:
     from giant.data.manifest import load_entries
+    from giant.data.validate import validate_entries
 
     # every listed video, without a sources YAML's weights (a weighted epoch would check a
     # seeded subset, or the same file several times)
     entries = load_entries(args.manifest, args.root, args.list_format, weighted=False)
-    min_frames = args.min_frames
-    slot: dict = {}  # (path, start, end) → job index: each clip is decoded once
-    jobs = []
-    for e in entries:
-        if (e.path, e.start, e.end) not in slot:
-            slot[(e.path, e.start, e.end)] = len(jobs)
-            jobs.append((e, args.backend, args.num_frames, e.sampling_rate or args.sampling_rate,
-                         min_frames))
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as pool:
-            reasons = list(pool.map(_check_one, jobs, chunksize=8))
-    else:
-        reasons = [_check_one(j) for j in jobs]
-    # a bad clip is reported on every line that lists it: each one needs fixing
-    bad = [(e, reasons[slot[(e.path, e.start, e.end)]]) for e in entries]
-    bad = [(e, r) for e, r in bad if r is not None]
+    clips, bad = validate_entries(entries, args.backend, args.num_frames, args.sampling_rate,
+                                  args.min_frames, args.workers)
     for entry, reason in bad:
         out(f"{entry.path}: {reason}  [{entry.where}]")
-    checked = f"{len(jobs)} distinct clips checked"
+    checked = f"{clips} distinct clips checked"
     if bad:
         out(f"validate: {len(bad)} of {len(entries)} entries are bad ({checked})", err=True)
         return 1
@@ -104,6 +53,10 @@ def _validate(args) -> int:
 
 def _k710(args) -> int:
     from giant.data import kinetics710 as k
+
+    # defaults the parser leaves None: kinetics710 imports torch (through giant.data)
+    args.renames = str(k.DEFAULT_RENAMES) if args.renames is None else args.renames
+    args.template = k.DEFAULT_TEMPLATE if getattr(args, "template", None) is None else args.template
 
     if args.action != "manifests" and Path(args.out).is_dir():
         raise GiantError(f"--out {args.out} is a folder; give the file to write")
@@ -215,6 +168,30 @@ def _add_prepare(sub) -> None:
     r.set_defaults(func=_prepare)
 
 
+def _add_k710(sub) -> None:
+    k = sub.add_parser("k710", help="Kinetics-710 label map, head row maps, manifests")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kl = ksub.add_parser("labels", help="build the 710-class set from the K400/600/700 lists")
+    for name in ("k400", "k600", "k700"):
+        kl.add_argument(f"--{name}", required=True, help=f"{name.upper()} label list")
+    kl.add_argument("--out", required=True)
+    kr = ksub.add_parser("rowmap", help="row of a K710 head for each class of another label map")
+    kr.add_argument("--k710", required=True, help="the K710 label map the head was trained with")
+    kr.add_argument("--target", required=True, help="e.g. the K400 label map")
+    kr.add_argument("--out", required=True)
+    km = ksub.add_parser("manifests", help="train.csv / val.csv from official annotation CSVs")
+    for name in ("k400", "k600", "k700"):
+        km.add_argument(f"--{name}", nargs="+", help=f"{name.upper()} annotation CSV(s)")
+    km.add_argument("--labels", required=True, help="K710 label map (row = label index)")
+    km.add_argument("--out-dir", required=True)
+    km.add_argument("--template", default=None)  # kinetics710.DEFAULT_TEMPLATE, filled in by _k710
+    km.add_argument("--video-root", default=None)
+    km.add_argument("--require-exists", action="store_true", help="leave out missing files")
+    for kp in (kl, kr, km):
+        kp.add_argument("--renames", default=None)  # kinetics710.DEFAULT_RENAMES, filled in by _k710
+    k.set_defaults(func=_k710)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="giant data", description="Video data tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -256,27 +233,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="decoding processes (0 or 1: in this process)")
     v.set_defaults(func=_validate)
 
-    k = sub.add_parser("k710", help="Kinetics-710 label map, head row maps, manifests")
-    ksub = k.add_subparsers(dest="action", required=True)
-    kl = ksub.add_parser("labels", help="build the 710-class set from the K400/600/700 lists")
-    for name in ("k400", "k600", "k700"):
-        kl.add_argument(f"--{name}", required=True, help=f"{name.upper()} label list")
-    kl.add_argument("--out", required=True)
-    kr = ksub.add_parser("rowmap", help="row of a K710 head for each class of another label map")
-    kr.add_argument("--k710", required=True, help="the K710 label map the head was trained with")
-    kr.add_argument("--target", required=True, help="e.g. the K400 label map")
-    kr.add_argument("--out", required=True)
-    km = ksub.add_parser("manifests", help="train.csv / val.csv from official annotation CSVs")
-    for name in ("k400", "k600", "k700"):
-        km.add_argument(f"--{name}", nargs="+", help=f"{name.upper()} annotation CSV(s)")
-    km.add_argument("--labels", required=True, help="K710 label map (row = label index)")
-    km.add_argument("--out-dir", required=True)
-    km.add_argument("--template", default=kinetics710.DEFAULT_TEMPLATE)
-    km.add_argument("--video-root", default=None)
-    km.add_argument("--require-exists", action="store_true", help="leave out missing files")
-    for kp in (kl, kr, km):
-        kp.add_argument("--renames", default=str(kinetics710.DEFAULT_RENAMES))
-    k.set_defaults(func=_k710)
+    _add_k710(sub)
 
     _add_prepare(sub)
 
@@ -307,7 +264,3 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except GiantError as exc:
         return fail(f"giant data {args.command}", exc)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

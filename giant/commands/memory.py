@@ -12,7 +12,8 @@ import dataclasses
 import json
 from typing import Optional
 
-from giant.console import ArgumentParser, out, positive_int
+from giant.commands._args import ArgumentParser, positive_int
+from giant.console import out
 from giant.errors import ConfigError
 from giant.memory import (CONTEXT_GIB, DEFAULT_GPU_GIB, FRAGMENTATION, GIB, KINDS, Plan, Stage, Zero,
                           candidates, evaluate, plan, stage_from_config)
@@ -40,7 +41,8 @@ def _gib(x: int) -> str:
 
 def describe(stage: Stage, ds_name: Optional[str], batch_per_row: bool = False) -> str:
     """One line naming what is planned; ds_name None: the ZeRO stage varies per row."""
-    m, z, cfg = stage.cfg.model.resolved(), Zero.from_json(stage.ds), stage.cfg
+    from giant.models import resolve as resolve_model
+    m, z, cfg = resolve_model(stage.cfg.model), Zero.from_json(stage.ds), stage.cfg
     extra = f", teacher {stage.teacher.name}" if stage.teacher is not None else ""
     batch = (f"{cfg.data.num_sample} clips per video" if batch_per_row else
              f"{cfg.optim.batch_size} videos x {cfg.data.num_sample} clips = "

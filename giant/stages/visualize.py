@@ -39,7 +39,8 @@ def reconstruction_image(video_uint8_CTHW: torch.Tensor, enc_keep_K: torch.Tenso
     Frames smaller than `min_size` are enlarged by an integer factor (nearest neighbour, so
     token boundaries stay sharp) to be readable in TensorBoard.
     """
-    cfg = model_cfg.resolved()
+    from giant.models import resolve as resolve_model
+    cfg = resolve_model(model_cfg)
     grid = token_grid(cfg)
     pix_CTHW, t_size, dims = _frames(video_uint8_CTHW.detach().cpu().float() / 255.0, cfg)
     tok_NQC = patchify(pix_CTHW[None], cfg.patch_size, t_size)[0]

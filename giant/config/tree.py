@@ -1,0 +1,131 @@
+"""Recipe YAML + dotted overrides → a validated RunConfig, and back to a dict / YAML file."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from giant.config.checks import validate
+from giant.config.schema import RunConfig, yaml_load
+from giant.errors import ConfigError
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: null is not allowed here")
+    if base is Any:
+        return value
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is bool and isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    if (base is list or typing.get_origin(base) is list) and isinstance(value, (list, tuple)):
+        return list(value)
+    name = getattr(base, "__name__", str(base))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys raise with their dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        sub = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, sub)
+        else:
+            kwargs[key] = _coerce(value, tp, sub)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: '{dotted}' goes through a non-section key '{part}'")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`['optim.lr=1e-3', 'model.name=vit_b']` → nested dict (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=1e-3")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml_load(raw) if raw != "" else "", f"override '{item}'")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Recipe YAML (may be None) + dotted overrides → validated RunConfig."""
+    tree: dict = {}
+    where = "config"
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
+        try:
+            tree = yaml_load(path.read_text()) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"recipe {path} is not UTF-8 text (byte {exc.start}); a recipe is YAML "
+                              "(see launch/recipes/)") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path}: invalid YAML: {exc}") from exc
+        where = str(path)
+    extra = parse_overrides(overrides or [])
+    from_dict(RunConfig, extra, "override")  # a mistyped override is named as one, not as the recipe's
+    tree = _merge(tree, extra)
+    cfg = from_dict(RunConfig, tree, where)
+    if cfg.mask.encoder == "adaptive" and cfg.model.sampler == "none":
+        cfg.model.sampler = "adaptive"  # the mask strategy implies the model part
+    validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,18 +20,16 @@ PIPELINE=${PIPELINE:-launch/pipelines/demo.yaml}
 # wrong on purpose, as in annotated datasets (the held-out labels are true). New data make
 # earlier demo results meaningless (the pipeline's hashes cover configs, not data), so every
 # demo stage is redone.
-stamp=data/synth/.giant-demo-800x48-bright-noise25  # bump when the renderer or the data change
+stamp=data/.giant-demo-synth-800x48-bright-noise25  # bump when the renderer or the data change
 redo_all=""
 if [ ! -f "$stamp" ]; then
-  # only a folder an earlier quickstart (or giant data synth) wrote is replaced: never a user's own
-  if [ -e data/synth ]; then
-    if [ -f data/synth/synth.json ] || compgen -G 'data/synth/.giant-demo-*' > /dev/null; then
-      rm -rf data/synth
-    else
-      echo "quickstart: error: data/synth holds files giant did not write (no synth.json); move it away" >&2
-      exit 2
-    fi
+  # giant data synth writes over only its own earlier output (data/synth/synth.json) and refuses a
+  # folder of anyone else's files; stamps of older quickstarts inside it are ours to drop
+  if [ -d data/synth ] && [ ! -f data/synth/synth.json ] && compgen -G 'data/synth/.giant-demo-*' > /dev/null; then
+    old=data/synth.before-$(date +%Y%m%d%H%M%S)   # an older quickstart's data (no synth.json): kept, set aside
+    mv data/synth "$old" && echo "quickstart: older demo data moved to $old (delete it when you like)"
   fi
+  rm -f data/synth/.giant-demo-*
   giant data synth data/synth --num-videos 800 --height 48 --width 48 --label-noise 0.25
   touch "$stamp"
   # new data: every demo stage is redone; --force deletes only run dirs this pipeline recorded

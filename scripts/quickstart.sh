@@ -5,7 +5,7 @@
 # trained on the labels alone, the distillation baseline; each student compared with the teacher
 # video by video); it ends with the
 # `giant pipeline status` table. Running it again finishes at once (every stage is done);
-# `rm -rf runs/demo` starts the demo afresh.
+# `giant pipeline run launch/pipelines/demo.yaml --force pretrain` redoes the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)

@@ -28,9 +28,6 @@ LAYERS = (
     ("giant.errors", "giant.console", "giant"),
 )
 COMMANDS = ("giant.commands", "giant.cli")  # the only modules that may parse arguments
-# official VideoMAE / MAE-ST checkpoints pickle an argparse.Namespace: these readers allow-list
-# that type for the weights-only unpickler, they parse no arguments
-ARGPARSE_FOR_UNPICKLING = ("giant.interop.videomae", "giant.interop.maest")
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -198,7 +195,7 @@ def test_import_bans():
         if not any(_within(module, c) for c in COMMANDS):
             bad += [f"{_rel(module)}:{line} imports {n} (argparse and commands belong in giant/commands/)"
                     for n, line in _imports(module)
-                    if (n == "argparse" and module not in ARGPARSE_FOR_UNPICKLING)
+                    if n == "argparse"
                     or any(_within(n, c) for c in COMMANDS)]
     assert not bad, "\n".join(bad)
 

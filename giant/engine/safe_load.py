@@ -74,6 +74,16 @@ def deepspeed_types() -> list:
     return found + numpy_types()
 
 
+class SavedArgs:
+    """What an official training script's pickled `argparse.Namespace` (its `args`) becomes under
+    weights-only loading: a plain attribute holder, so reading the file neither runs code nor
+    needs argparse in a library module. `vars()` gives its fields, as for a Namespace."""
+
+
+# the official scripts save `args`; weights-only loading rebuilds it as SavedArgs
+OFFICIAL_ARGS = (SavedArgs, "argparse.Namespace")
+
+
 def _name(obj: Any) -> str:
     return obj[1] if isinstance(obj, tuple) else f"{obj.__module__}.{obj.__qualname__}"
 

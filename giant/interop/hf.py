@@ -34,7 +34,7 @@ import torch
 
 from giant.config import ModelConfig
 from giant.errors import CheckpointError
-from giant.interop import layout
+import giant.interop.layout as layout
 
 log = logging.getLogger(__name__)
 

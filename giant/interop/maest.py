@@ -20,7 +20,6 @@ checkpoints), possibly prefixed `module.`.
 """
 from __future__ import annotations
 
-import argparse  # only the type official checkpoints pickle (see read_official), not a CLI
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,7 @@ def read_official(path: str | Path, trust_pickle: bool = False) -> dict[str, tor
     from giant.engine import safe_load
 
     path = Path(path)
-    obj = safe_load.load(path, [argparse.Namespace], trust_pickle,
+    obj = safe_load.load(path, [safe_load.OFFICIAL_ARGS], trust_pickle,
                          expected="an official MAE-ST checkpoint (.pyth / .pth)",
                          fix="if you trust the file, re-run with --trust-pickle")
     state = unwrap(obj) if isinstance(obj, dict) else {}

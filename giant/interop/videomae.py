@@ -17,7 +17,6 @@ Exports are `{"model": state_dict}` (what the official fine-tune and resume code
 """
 from __future__ import annotations
 
-import argparse  # only the type official checkpoints pickle (see read_file), not a CLI
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +24,7 @@ from typing import Any, Optional
 import torch
 
 from giant.errors import CheckpointError
-from giant.interop import layout
+import giant.interop.layout as layout
 from giant.models.pos_embed import sincos_table
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def read_file(path: Path, trust_pickle: bool = False) -> Any:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     from giant.engine import safe_load
 
-    return safe_load.load(path, [argparse.Namespace], trust_pickle,
+    return safe_load.load(path, [safe_load.OFFICIAL_ARGS], trust_pickle,
                           expected="an official VideoMAE / V2 checkpoint (.pth, .pt, .bin, .safetensors)",
                           fix="if you trust the file, convert it once with "
                               "`giant convert SRC DST --trust-pickle`")
@@ -149,7 +148,8 @@ def hints_from(holder: dict) -> tuple[dict, dict]:
     if meta:
         return dict(meta.get("model") or {}), {"labels": meta.get("labels")}
     args = holder.get("args")
-    args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
+    # an argparse.Namespace (--trust-pickle) or safe_load.SavedArgs (weights-only): both hold __dict__
+    args = args if isinstance(args, dict) else vars(args) if hasattr(args, "__dict__") else {}
     hints = {"num_frames": args.get("num_frames"), "img_size": args.get("input_size")}
     return {k: int(v) for k, v in hints.items() if isinstance(v, int) and v > 0}, {}
 

@@ -189,7 +189,7 @@ if [ "$DRY" = 1 ]; then
   "$PY" scripts/bench/gpu_steps.py --help >/dev/null && "$PY" scripts/bench/gpu_kernels.py --help >/dev/null || exit 1
   echo "gpu_check: dry run: sections $(for s in $SECTIONS; do wanted "$s" && printf '%s ' "$s"; done)"
   [ -f .whl/VideoMAEv2/models/modeling_pretrain.py ] || echo "gpu_check: official: no .whl/VideoMAEv2 (section will be skipped)"
-  rm -rf "$WORK"
+  rmdir "$WORK" 2>/dev/null || echo "gpu_check: dry-run logs kept in $WORK"
   exit "$setup_status"
 fi
 
@@ -223,5 +223,5 @@ else
 fi
 "$PY" scripts/bench/gpu_report.py "$WORK" "$OUT_DIR" --budget "$BUDGET" --elapsed $(( $(date +%s) - START ))
 rc=$?
-rm -rf "$WORK"
+echo "gpu_check: section logs kept in $WORK (the report in $OUT_DIR has what matters)"
 exit $rc

@@ -10,9 +10,9 @@ from giant.config.checks import SDPA_BACKENDS, validate
 from giant.config.schema import (IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig, DataConfig, DistillConfig,
                                  EngineConfig, FinetuneConfig, LoggingConfig, MaskConfig, ModelConfig,
                                  OptimConfig, PrecisionConfig, RunConfig, StageConfig, token_grid, yaml_load)
-from giant.config.tree import dump_config, from_dict, load_config, parse_overrides, to_dict
+from giant.config.tree import dump_config, from_dict, load_config, merge_trees, parse_overrides, read_yaml, to_dict
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SDPA_BACKENDS", "CheckpointConfig", "DataConfig", "DistillConfig",
+__all__ = ["merge_trees", "read_yaml", "IMAGENET_MEAN", "IMAGENET_STD", "SDPA_BACKENDS", "CheckpointConfig", "DataConfig", "DistillConfig",
            "EngineConfig", "FinetuneConfig", "LoggingConfig", "MaskConfig", "ModelConfig", "OptimConfig",
            "PrecisionConfig", "RunConfig", "StageConfig", "dump_config", "from_dict", "load_config",
            "parse_overrides", "to_dict", "token_grid", "validate", "yaml_load"]

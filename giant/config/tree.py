@@ -90,14 +90,27 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested mappings merged key by key (a recipe under its overrides)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_trees(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def read_yaml(path: Path, what: str, shipped: str) -> Any:
+    """A recipe's or pipeline's YAML; bytes that are not UTF-8 text or not YAML are one line
+    naming the file (`what` names it, `shipped` is where the good ones are)."""
+    try:
+        return yaml_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}); a {what} is YAML "
+                          f"(see {shipped})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: invalid YAML: {exc}") from exc
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -108,17 +121,11 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
-        try:
-            tree = yaml_load(path.read_text()) or {}
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"recipe {path} is not UTF-8 text (byte {exc.start}); a recipe is YAML "
-                              "(see launch/recipes/)") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path}: invalid YAML: {exc}") from exc
+        tree = read_yaml(path, "recipe", "launch/recipes/")
         where = str(path)
     extra = parse_overrides(overrides or [])
     from_dict(RunConfig, extra, "override")  # a mistyped override is named as one, not as the recipe's
-    tree = _merge(tree, extra)
+    tree = merge_trees(tree, extra)
     cfg = from_dict(RunConfig, tree, where)
     if cfg.mask.encoder == "adaptive" and cfg.model.sampler == "none":
         cfg.model.sampler = "adaptive"  # the mask strategy implies the model part

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from giant import safety
-from giant.config import RunConfig, from_dict, load_config, parse_overrides, validate, yaml_load
+from giant.config import RunConfig, from_dict, load_config, merge_trees, parse_overrides, read_yaml, validate
 from giant.errors import ConfigError, GiantError
 from giant.stages.registry import INPUT_FIELDS as INPUTS
 from giant.stages.registry import KINDS
@@ -120,13 +120,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pipeline file {path} does not exist (shipped ones: launch/pipelines/*.yaml)")
-    try:
-        data = yaml_load(path.read_text()) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"pipeline file {path} is not UTF-8 text (byte {exc.start}); a pipeline is YAML "
-                          "(see launch/pipelines/)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    data = read_yaml(path, "pipeline file", "launch/pipelines/")
     _check_keys(data, TOP_KEYS, str(path))
     name = str(data.get("name") or path.stem)
     root = Path(data.get("root") or f"runs/{name}")
@@ -235,20 +229,13 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _recipe_tree(recipe: Optional[str], where: str) -> dict:
     if not recipe:
         return {}
     p = Path(recipe)
     if not p.is_file():
         raise ConfigError(f"{where}: recipe {recipe} does not exist")
-    return yaml_load(p.read_text()) or {}
+    return read_yaml(p, "recipe", "launch/recipes/")
 
 
 def _hash(tree: dict) -> str:
@@ -308,10 +295,10 @@ def _resolve_evaluation(r: Resolved, done: dict[str, Resolved], over_tree: dict)
         compare = ["--reference", ref_path]
     r.args = [path, "--out", str(spec.run_dir)] + recipe + compare + spec.overrides
     r.sbatch_args = [path] + recipe + compare + spec.overrides  # evaluate.sbatch adds --out "$RUN_DIR"
-    own = _merge(_recipe_tree(spec.recipe, where), over_tree)
+    own = merge_trees(_recipe_tree(spec.recipe, where), over_tree)
     r.tree.update(_hashed(_flat(own)))
-    nested = _merge(base, over_tree)
-    nested = _merge(nested, {"checkpoint": {"init_from": path}})
+    nested = merge_trees(base, over_tree)
+    nested = merge_trees(nested, {"checkpoint": {"init_from": path}})
     r.cfg = from_dict(RunConfig, nested, where)
     validate(r.cfg)
 
@@ -328,6 +315,6 @@ def _resolve_training(r: Resolved, done: dict[str, Resolved], over_tree: dict) -
     r.args = ["--recipe", spec.recipe] + (["--ds", spec.ds] if spec.ds else []) + spec.overrides + extra
     r.cfg = load_config(spec.recipe, spec.overrides + extra + ([f"engine.ds_config={spec.ds}"] if spec.ds else []))
     r.sbatch_args = [spec.recipe, r.cfg.engine.ds_config] + spec.overrides + extra
-    nested = _merge(_recipe_tree(spec.recipe, where), over_tree)
-    r.cfg_tree = _merge(nested, {"stage": {"run_dir": str(spec.run_dir)}})
+    nested = merge_trees(_recipe_tree(spec.recipe, where), over_tree)
+    r.cfg_tree = merge_trees(nested, {"stage": {"run_dir": str(spec.run_dir)}})
     r.tree = {"kind": spec.kind, **_hashed(_flat(nested)), **refs}

@@ -123,6 +123,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("data-k710-manifests-empty", "data", ("data", "k710", "manifests", "--k400", "{W}/empty.csv",
                                            "--labels", "{W}/empty.csv", "--out-dir", "{W}/k710")),
     ("data-prepare-missing", "data", ("data", "prepare", "{W}/missing.csv", "{W}/prepared")),
+    ("data-prepare-negative-workers", "data", ("data", "prepare", "{W}/m.csv", "{W}/prepared", "--workers", "-1")),
+    ("data-prepare-crf-out-of-range", "data", ("data", "prepare", "{W}/m.csv", "{W}/prepared", "--crf", "99")),
     ("data-bench-missing", "data", ("data", "bench", "{W}/missing.csv")),
     ("data-bench-zero-batch", "data", ("data", "bench", "{W}/m.csv", "--batch-size", "0")),
     ("data-bench-negative-workers", "data", ("data", "bench", "{W}/m.csv", "--workers", "-2")),

@@ -152,7 +152,7 @@ def _add_prepare(sub) -> None:
                        "OUT_DIR/prepare_files.csv. Exit 1 if any file failed (listed).")
     r.add_argument("manifest")
     r.add_argument("out_dir")
-    r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    r.add_argument("--workers", type=nonnegative_int, default=os.cpu_count() or 1,
                    help="encoder processes (0 = in this process)")
     r.add_argument("--short-side", type=int, default=320, help="target short side; never upscaled")
     r.add_argument("--keyframe-seconds", type=float, default=1.0,

@@ -378,9 +378,9 @@ def prepare(src_manifest: str | Path, out_dir: str | Path,
     import csv
 
     src, out_dir = Path(src_manifest), Path(out_dir)
-    if settings.short_side < 2 or settings.keyframe_seconds <= 0:
-        raise DataError(f"--short-side {settings.short_side} must be >= 2 and --keyframe-seconds "
-                        f"{settings.keyframe_seconds} > 0")
+    if settings.short_side < 2 or settings.keyframe_seconds <= 0 or not 0 <= settings.crf <= 51:
+        raise DataError(f"--short-side {settings.short_side} must be >= 2, --keyframe-seconds "
+                        f"{settings.keyframe_seconds} > 0 and --crf {settings.crf} in 0..51")
     sources = _read_input(src, root, list_format)
     _check_inputs_kept(out_dir, src, sources)
     out_dir.mkdir(parents=True, exist_ok=True)

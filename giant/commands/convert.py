@@ -69,6 +69,10 @@ def main(argv: Optional[list] = None) -> int:
     from giant.interop.convert import apply_labels, load, save
     from giant.models import resolve as resolve_model
 
+    if args.to == "hf":  # before reading a multi-GB source, not after
+        from giant.interop.hf import require_transformers
+
+        require_transformers()
     overrides = layout.parse_model_overrides(args.model_override)
     state, info, fmt = load(args.src, args.to, overrides, args.trust_pickle)
     state, info = apply_labels(state, info, _labels(args.label_map), _labels(args.head_labels),

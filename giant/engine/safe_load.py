@@ -91,13 +91,7 @@ def _name(obj: Any) -> str:
 @contextlib.contextmanager
 def allowed(types: Iterable) -> Iterator[None]:
     """`types` may be unpickled by weights-only loads inside this block (and only there)."""
-    types = list(types)
-    scoped = getattr(torch.serialization, "safe_globals", None)
-    if scoped is None:  # torch 2.4: the global allow-list is the only way
-        torch.serialization.add_safe_globals(types)
-        yield
-        return
-    with scoped(types):
+    with torch.serialization.safe_globals(list(types)):
         yield
 
 

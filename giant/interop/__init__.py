@@ -46,7 +46,10 @@ def load_any(path: str | Path, overrides: Optional[dict] = None, trust_pickle: b
     from giant.models import resolve as resolve_model
     fmt = detect_format(path)
     if fmt == "giant":
+        from giant.interop.layout import model_kind
+
         state, info = read_artifact(path)
+        info = {**info, "kind": model_kind(info.get("kind", "pretrain"), str(path))}
         if overrides:
             import dataclasses
 

@@ -1,6 +1,6 @@
 """Hugging Face transformers VideoMAE (VideoMAEForPreTraining / VideoMAEForVideoClassification) ↔ giant.
 
-Key table (SPEC §8), giant → HF, per encoder block i (giant `blocks.i.` in classifiers,
+Key table (docs/reference.md §8), giant → HF, per encoder block i (giant `blocks.i.` in classifiers,
 `encoder.blocks.i.` in pre-training models → `videomae.encoder.layer.i.`) and decoder block j
 (`decoder.blocks.j.` → `decoder.decoder_layers.j.`):
     attn.qkv.weight        → attention.attention.{query,key,value}.weight (split in thirds)
@@ -20,7 +20,10 @@ decoder reconstructs every masked token, i.e. giant with decoder mask `none`).
 Epsilon: giant uses one LayerNorm eps (1e-6, the official value). HF reads `layer_norm_eps` for
 the blocks and the encoder norm, which export sets to giant's value, but builds `fc_norm` and
 `decoder.norm` with PyTorch's default 1e-5 whatever the config says. `match_norm_eps(model)`
-sets those too for exact parity; without it outputs agree to the tolerance in README.md.
+sets those too for exact parity; without it outputs agree to the tolerance in docs/interop.md.
+
+Only export needs transformers (the `giant[hf]` extra); reading an HF directory, as `giant convert`
+source, init_from or teacher, needs config.json and safetensors only.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from typing import Optional
 import torch
 
 from giant.config import ModelConfig
-from giant.errors import CheckpointError
+from giant.errors import CheckpointError, ConfigError
 import giant.interop.layout as layout
 
 log = logging.getLogger(__name__)
@@ -216,8 +219,8 @@ def save_hf(out_dir: str | Path, state: dict, info: dict) -> Path:
     with the installed transformers' key names."""
     from giant.models import resolve as resolve_model
     from safetensors.torch import save_file
-    from transformers import VideoMAEConfig
 
+    VideoMAEConfig = require_transformers().VideoMAEConfig
     cfg, kind = resolve_model(ModelConfig(**info["model"])), info["kind"]
     hf_conf = VideoMAEConfig(**hf_config_dict(cfg, kind, info.get("labels")))
     expected = hf_model_keys(hf_conf, kind)  # the installed version's names decide 4.x vs 5.x
@@ -237,10 +240,22 @@ def save_hf(out_dir: str | Path, state: dict, info: dict) -> Path:
 
 def hf_model_keys(hf_conf, kind: str) -> set[str]:
     """State-dict keys of the installed transformers' model for this config (built on meta)."""
-    import transformers
+    transformers = require_transformers()
 
     with torch.device("meta"):
         return set(getattr(transformers, ARCH[kind])(hf_conf).state_dict())
+
+
+def require_transformers():
+    """The transformers module, or one line naming the extra: it is not a core dependency
+    (~150 MB with tokenizers and huggingface_hub for one export path)."""
+    try:
+        import transformers
+    except ImportError as exc:  # a broken install (found but does not import) gets the same line
+        absent = isinstance(exc, ModuleNotFoundError) and exc.name == "transformers"
+        why = "" if absent else f" (transformers does not import: {(str(exc) or type(exc).__name__).splitlines()[0]})"
+        raise ConfigError(f"--to hf needs the Hugging Face extra{why}: pip install 'giant[hf]'") from None
+    return transformers
 
 
 def match_norm_eps(model: torch.nn.Module, eps: float = 1e-6) -> torch.nn.Module:

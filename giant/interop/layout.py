@@ -37,6 +37,18 @@ def parse_model_overrides(items: list[str] | None) -> dict:
     return {k: typed[k] for k in tree}
 
 
+# model.json's `kind` is the stage that wrote it: a fine-tuned or distilled run holds a classifier
+STAGE_KINDS = {"pretrain": "pretrain", "classifier": "classifier", "finetune": "classifier",
+               "distill": "classifier"}
+
+
+def model_kind(kind: str, src: str) -> str:
+    """'pretrain' | 'classifier' for a model.json kind (a stage kind or a model kind)."""
+    if kind not in STAGE_KINDS:
+        raise CheckpointError(f"{src}: model.json kind {kind!r} is none of {', '.join(STAGE_KINDS)}")
+    return STAGE_KINDS[kind]
+
+
 def kind_of(state: dict) -> str:
     """A decoder (or its mask token / projection) means pre-training; else a classifier."""
     if any(k.startswith(("decoder.", "encoder_to_decoder.")) or k == "mask_token" for k in state):

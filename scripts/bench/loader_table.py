@@ -9,7 +9,7 @@ import json
 import sys
 from collections import defaultdict
 
-SPEC_CLIPS = {40: 273, 50: 341, 60: 409}  # SPEC §6: clips/s per H100 (ViT-g) at 40/50/60% MFU
+SPEC_CLIPS = {40: 273, 50: 341, 60: 409}  # docs/reference.md §6: clips/s per H100 (ViT-g) at 40/50/60% MFU
 
 
 def fmt(values: list) -> str:

@@ -2,7 +2,7 @@
 
 Why analytic: the papers quote "FLOPs" that are really multiply-accumulates (MACs) of the
 matmuls, and MFU needs a number for configs too large to instantiate. Conventions, chosen so
-that all five published numbers land within 0.15% (SPEC §6):
+that all five published numbers land within 0.15% (docs/reference.md §6):
 
 - Only matmuls count: every Linear, the cube-embedding Conv3d (on ALL N tokens, before the
   mask is applied, as the official code does), QKᵀ and AV. Norms, softmax, GELU, biases,
@@ -11,7 +11,7 @@ that all five published numbers land within 0.15% (SPEC §6):
   (qkv 3D² + proj D², fc1 + fc2 2DH, QKᵀ and AV n²D each over all heads).
 - Pre-training: embed (N tokens) + encoder on the K visible tokens + encoder_to_decoder on K
   + decoder on K + M tokens + decoder head on the M tokens it returns. Dual masking: M = the
-  decoder-kept positions (not de-duplicated against the visible ones, SPEC §2). Decoder ratio
+  decoder-kept positions (not de-duplicated against the visible ones, docs/reference.md §2). Decoder ratio
   0 / 'none' (VideoMAE V1): M = N − K, the decoder sees all N tokens.
 - Fine-tune / test view: embed + encoder on all N tokens + classifier head (D·C).
 - flops = 2·macs (one forward). train_flops = 3·flops: backward ≈ 2× forward, the usual
@@ -73,7 +73,7 @@ def _target_values(cfg: ModelConfig) -> int:
 
 
 def visible_tokens(grid: tuple[int, int, int], mask: MaskConfig) -> int:
-    """Encoder-visible tokens per clip: every strategy keeps a fixed count (SPEC §3); the
+    """Encoder-visible tokens per clip: every strategy keeps a fixed count (docs/reference.md §3); the
     rounding is giant.masking's, so FLOPs match the index tensors the loader draws."""
     t, h, w = grid
     s, n = h * w, t * h * w
@@ -177,7 +177,7 @@ def count(model_cfg: ModelConfig, stage: str = "pretrain", mask_cfg: Optional[Ma
         "macs": macs,
         "flops": 2 * macs,
         "train_flops": 6 * macs,
-        # Transformer blocks only (the numbers SPEC §6 quotes); embed, projection and heads
+        # Transformer blocks only (the numbers docs/reference.md §6 quotes); embed, projection and heads
         # are in parts_macs and sum with these to `macs`.
         "encoder_macs": parts_macs["encoder_blocks"],
         "decoder_macs": parts_macs.get("decoder_blocks", 0),

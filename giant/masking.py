@@ -1,4 +1,4 @@
-"""Masking strategies (SPEC §3) as sorted index tensors with a fixed count per sample.
+"""Masking strategies (docs/reference.md §3) as sorted index tensors with a fixed count per sample.
 
 Fixed counts let a batch stack without padding and keep encoder cost constant; sorted indices
 keep tokens in raster order, which is what the official code's boolean gathers produce.

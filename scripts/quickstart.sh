@@ -5,12 +5,15 @@
 # trained on the labels alone, the distillation baseline; each student compared with the teacher
 # video by video); it ends with the
 # `giant pipeline status` table. Running it again finishes at once (every stage is done);
-# `giant pipeline run launch/pipelines/demo.yaml --force pretrain` redoes the demo.
+# `giant pipeline run launch/pipelines/demo.yaml --force pretrain` redoes the demo. The console
+# shows one live line per stage; each stage's full output is in runs/demo/<stage>/stage.log.
+# Arguments go to `giant pipeline run`: `bash scripts/quickstart.sh --verbose` streams every
+# stage's output here too, `bash scripts/quickstart.sh --force pretrain` redoes the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 
-bash scripts/setup.sh
+bash scripts/setup.sh core   # no extras: the demo needs none (bash scripts/test.sh adds them)
 . .venv/bin/activate
 export TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # 2 ranks on 2 cores: one thread each
@@ -46,7 +49,8 @@ stale = [s["name"] for s in json.load(sys.stdin)["stages"] if s["status"] == "ch
 print(" ".join(f"--force {n}" for n in stale))' 2>/dev/null || true)
 [ -n "$force" ] && echo "quickstart: redoing stages from another giant version: $force"
 [ -n "$redo_all" ] && force=$redo_all
-giant pipeline run "$PIPELINE" --launcher deepspeed --nproc 2 $force
+echo "quickstart: giant pipeline run $PIPELINE (2 DeepSpeed CPU ranks per stage; the whole demo takes ~6 min on 2 cores)"
+giant pipeline run "$PIPELINE" --launcher deepspeed --nproc 2 $force "$@"
 
 python - "$(( $(date +%s) - t0 ))" <<'PY'
 import json, sys
@@ -76,7 +80,8 @@ for name, what in (("eval_student", "distilled student:          "),
     if r.get("agreement_top1") is not None:
         line += f", agrees with the teacher on {r['agreement_top1']:.1f}% (KL {r['kl_from_reference']:.3f})"
     print(line)
-print("TensorBoard:  tensorboard --logdir runs/demo   ·   table as JSON: runs/demo/status.json")
+print("TensorBoard:  tensorboard --logdir runs/demo   ·   table as JSON: runs/demo/status.json   ·   "
+      "a stage's full output: runs/demo/<stage>/stage.log")
 if pre.get("last_loss") is not None and pre["last_loss"] >= pre["first_loss"]:
     sys.exit("error: the pre-training loss did not fall")
 PY

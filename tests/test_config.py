@@ -89,3 +89,19 @@ def test_every_shipped_recipe_loads_and_states_its_hardware():
         if cfg.model.num_classes:  # supervised: Mixup mixes each rank's batch with its reverse
             mixing = cfg.finetune.mixup > 0 or cfg.finetune.cutmix > 0
             assert not mixing or cfg.optim.batch_size * cfg.data.num_sample % 2 == 0, path.name
+
+
+def test_a_run_dirs_config_from_an_older_release_still_loads(tmp_path):
+    """logging.tensorboard (retired for logging.report_to) is refused in a recipe but dropped
+    from a run's own config.yaml, so `giant evaluate OLD_RUN_DIR` keeps working."""
+    from giant.stages.evaluate import _config_from
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("logging: {tensorboard: false, log_every: 3}\nmodel: {name: vit_b}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml.logging.tensorboard: replaced by logging.report_to"):
+        load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", saved=True)
+    assert cfg.logging.log_every == 3 and cfg.logging.report_to == ["tensorboard"] and cfg.model.name == "vit_b"
+    cfg = _config_from(str(run), None, [])
+    assert cfg.logging.log_every == 3 and cfg.checkpoint.init_from == str(run)

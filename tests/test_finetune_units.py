@@ -89,7 +89,7 @@ def test_position_grid_follows_the_init_artifact():
 
 
 def _official_layer_id(name: str, num_layers: int) -> int:
-    """VideoMAE's get_num_layer_for_vit, written out from its definition (SPEC §5)."""
+    """VideoMAE's get_num_layer_for_vit, written out from its definition (docs/reference.md §5)."""
     if name in ("cls_token", "mask_token", "pos_embed") or name.startswith("patch_embed"):
         return 0
     if name.startswith("blocks"):

@@ -1,4 +1,4 @@
-"""Analytic counts vs the papers (SPEC §6), the official parameter counts (SPEC §1) and a
+"""Analytic counts vs the papers (docs/reference.md §6), the official parameter counts (docs/reference.md §1) and a
 measured count on real tiny modules, so the formula and the models cannot drift apart."""
 import json
 import subprocess

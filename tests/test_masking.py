@@ -1,4 +1,4 @@
-"""Masking strategies: exact counts and structure (SPEC §3)."""
+"""Masking strategies: exact counts and structure (docs/reference.md §3)."""
 import pytest
 import torch
 

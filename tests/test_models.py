@@ -35,7 +35,7 @@ def test_official_param_counts_and_keys(name, kind, classes, ref_key, expected):
     assert ours == keys[ref_key]["keys"]
 
 
-# SPEC §1 and §2 tables: patch, dim, depth, heads, head dim, MLP hidden, tokens @16×224; decoder
+# docs/reference.md §1 and §2 tables: patch, dim, depth, heads, head dim, MLP hidden, tokens @16×224; decoder
 # dim, heads, depth, MLP hidden, values per token
 SPEC_SIZES = [
     ("vit_s", (16, 384, 12, 6, 64, 1536, 1568), (192, 3, 4, 768, 1536)),
@@ -75,7 +75,7 @@ def test_pretrain_parity_with_official(parity):
     with torch.no_grad():
         out = model(parity["video"], _keeps(parity["encoder_mask"]), _keeps(parity["decoder_mask"]))
     assert out.pred.shape == parity["pretrain_output"].shape == (2, 32, 1536)
-    # the README's bounds; measured 5.4e-7 (predictions up to 1.37) and 1.2e-7 on an AMD EPYC,
+    # docs/interop.md's bounds; measured 5.4e-7 (predictions up to 1.37) and 1.2e-7 on an AMD EPYC,
     # the margin is for other CPUs' fp32 summation orders
     assert (out.pred - parity["pretrain_output"]).abs().max() < 2e-6
     assert abs(out.loss.item() - parity["pretrain_loss"].item()) < 1e-6
@@ -201,7 +201,7 @@ def test_target_undoes_exactly_the_data_normalisation():
         x = normalize_on_device(video, cfg.data.mean, cfg.data.std)
         # the official target starts from the un-normalised clip in [0, 1]
         assert torch.allclose(model.pixels(x), video.float() / 255, atol=1e-6)
-    defaults = load_config(None).data  # SPEC §2: the ImageNet statistics
+    defaults = load_config(None).data  # docs/reference.md §2: the ImageNet statistics
     assert (defaults.mean, defaults.std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     with pytest.raises(ConfigError, match=r"data.mean=\[0.5, 0.5\]: need 3 numbers"):
         load_config(None, ["data.mean=[0.5,0.5]"])

@@ -179,6 +179,9 @@ def workspace(tmp_path: Path) -> Path:
     w = tmp_path / "w"
     (w / "launch").mkdir(parents=True)
     (w / "launch" / "pretrain.py").write_text(STUB)
+    # the recipe's manifest: `pipeline run` checks outside inputs before it starts (no video is read)
+    (w / "data" / "synth").mkdir(parents=True)
+    (w / "data" / "synth" / "train.csv").write_text("path,label\nvideos/00000.mp4,0\n")
     return w
 
 

@@ -31,7 +31,7 @@ def _data(synth) -> dict:
     return {"data.manifest": str(synth.train_manifest), "data.val_manifest": str(synth.val_manifest),
             "model.num_frames": 4, "data.num_sample": 2, "data.num_workers": 0, "optim.batch_size": 2,
             "optim.warmup_steps": 1, "logging.log_every": 1, "logging.image_every": 0,
-            "logging.progress": False, "logging.tensorboard": False}
+            "logging.progress": False, "logging.report_to": []}
 
 
 def _pipeline(name: str, root: Path, stages: list) -> dict:

@@ -1,4 +1,4 @@
-"""The shape of the code, as DESIGN.md states it: import layers, no import circles, the import
+"""The shape of the code, as docs/architecture.md states it: import layers, no import circles, the import
 bans (models/ without distribution, data and masking without the model, config without giant,
 library modules without argparse or the commands), and the size limits. Imports are read with
 `ast` from the source, function-level ones included, so nothing is imported to check them."""
@@ -12,9 +12,9 @@ GIANT = Path(__file__).resolve().parents[1] / "giant"
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 70
 
-# DESIGN.md, top to bottom: "commands/cli → stages → interop → engine → data, flops → masking,
+# docs/architecture.md, top to bottom: "commands/cli → stages → interop → engine → data, flops → masking,
 # models → artifact, config → errors, console". An import may go sideways or down, never up.
-# Modules DESIGN does not name sit where their own imports and users put them: memory (the
+# Modules docs/architecture.md does not name sit where their own imports and users put them: memory (the
 # planner) beside stages (it reads the DeepSpeed JSON the engine merges; only commands and the
 # pipeline plan use it), safety (the deletion rule) beside config.
 LAYERS = (
@@ -42,7 +42,7 @@ def _layer(module: str) -> int:
             if _within(module, prefix) and (best is None or len(prefix) > len(best[1])):
                 best = (i, prefix)
     if best is None or (best[1] == "giant" and module != "giant"):
-        raise AssertionError(f"{module}: no layer: add it to LAYERS here and to DESIGN.md")
+        raise AssertionError(f"{module}: no layer: add it to LAYERS here and to docs/architecture.md")
     return best[0]
 
 

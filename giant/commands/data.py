@@ -132,7 +132,7 @@ def _bench(args) -> int:
     return 0
 
 
-# SPEC §6: clips/s one H100 trains ViT-g at 40/50/60% MFU
+# docs/reference.md §6: clips/s one H100 trains ViT-g at 40/50/60% MFU
 H100_CLIPS_PER_S = {40: 273, 50: 341, 60: 409}
 
 

@@ -34,17 +34,18 @@ def main(argv: Optional[list] = None) -> int:
     from pathlib import Path
 
     args = parse_stage(_parser(), argv)  # --help and usage errors before torch is imported
+    from giant.errors import ConfigError, GiantError
+
+    if not Path(args.target).exists():  # the commonest typo: answered before torch is imported
+        return fail(PROG, ConfigError(f"TARGET {args.target} does not exist (give a fine-tuned run dir or its "
+                                      "weights.safetensors + model.json)"))
     import torch
 
-    from giant.errors import ConfigError, GiantError
     from giant.stages.driver import mark_error, setup_logging
     from giant.stages.evaluate import _config_from, output_dir, run
 
     setup_logging()
     try:
-        if not Path(args.target).exists():
-            raise ConfigError(f"TARGET {args.target} does not exist (give a fine-tuned run dir or its "
-                              "weights.safetensors + model.json)")
         run(_config_from(args.target, args.recipe, args.overrides), args.out, args.reference)
     except GiantError as exc:
         fail(PROG, exc)

@@ -8,10 +8,11 @@ from typing import Optional
 from giant.commands._args import ArgumentParser
 
 log = logging.getLogger("giant.engine.checkpoint")  # the logger these lines always came from
-DESCRIPTION = """`giant export RUN_DIR [--tag step_N] [--out DIR]`: consolidate for the next stage. The
+DESCRIPTION = """`giant export RUN_DIR [--tag step_N|best] [--out DIR]`: consolidate for the next stage. The
     checkpoint loads weights-only: exporting a run dir from elsewhere runs none of its code."""
 PATH_HELP = "run dir, its checkpoints/ dir, or one step_* checkpoint dir"
-TAG_HELP = "checkpoint tag (default: latest complete)"
+TAG_HELP = ("checkpoint tag step_N, or best: the best evaluation's (checkpoint.export best|both) "
+            "(default: latest complete)")
 TRUST_HELP = ("load the checkpoint with DeepSpeed's unrestricted unpickler, which runs code stored "
               "in the files (only for run dirs you trust); by default it loads weights only")
 

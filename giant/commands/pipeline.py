@@ -5,7 +5,9 @@ process group (a stop signal to `giant pipeline` is forwarded to the whole stage
 ranks, loader workers; Ctrl-C becomes SIGTERM, so the stage saves and can resume), skips done
 stages, relaunches a partial one (it resumes from its own checkpoint), and stops at the first
 stage that fails or is interrupted. Exit codes: 0 every stage done; a failing stage's own exit
-code; 3 a stage was interrupted or stopped early (re-run the same command to resume).
+code; 3 a stage was interrupted or stopped early (re-run the same command to resume). Each
+stage's full output goes to RUN_DIR/stage.log; the console shows one live line per stage
+(giant/stages/pipeline_console.py), or everything with --verbose.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from giant.stages.pipeline_run import check_launcher, run_pipeline
 
     check_launcher(args.launcher)
-    rc = run_pipeline(args.file, args.force, args.launcher, args.nproc, args.master_port)
+    rc = run_pipeline(args.file, args.force, args.launcher, args.nproc, args.master_port, args.verbose)
     return rc or cmd_status(args)
 
 
@@ -122,6 +124,10 @@ def _add_run_plan(run: argparse.ArgumentParser, plan: argparse.ArgumentParser) -
                           "(inside a Slurm allocation, one task per GPU) | python (one rank)")
     run.add_argument("--master-port", type=positive_int, default=None, help="rendezvous port (default: a free one per stage)")
     run.add_argument("--json", default=None, help="where the final status table is written (default ROOT/status.json)")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream each stage's full output (launcher, every rank's log lines) to the console; "
+                          "without it the console shows one live line per stage and the output goes only to "
+                          "RUN_DIR/stage.log (the last lines are shown when a stage fails)")
     plan.add_argument("--json", action="store_true",
                       help="print one JSON object (launch/slurm/submit_pipeline.sh reads it)")
     plan.add_argument("--no-flops", action="store_true",

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
-from giant.config.schema import DistillConfig, MaskConfig, ModelConfig, RunConfig
+from giant.config.schema import DistillConfig, LoggingConfig, MaskConfig, ModelConfig, RunConfig
 from giant.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.precision.encoder not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"precision.encoder={cfg.precision.encoder!r}: use auto, fp32, bf16 or fp16")
     if cfg.precision.decoder != "fp32":
-        raise ConfigError("precision.decoder must be fp32 (SPEC §5: the decoder and loss stay FP32)")
+        raise ConfigError("precision.decoder must be fp32 (docs/reference.md §5: the decoder and loss stay FP32)")
     if not 0 <= cfg.mask.ratio < 1:
         raise ConfigError(f"mask.ratio={cfg.mask.ratio}: must be in [0, 1)")
     if not 0 <= cfg.mask.decoder_ratio < 1:
@@ -61,10 +62,34 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("finetune.label_smoothing must be < 1, mixup_prob and mixup_switch_prob <= 1")
     _validate_methods(cfg)
     _validate_distill(cfg.distill)
+    _validate_logging(cfg.logging)
     act = cfg.engine.activation_checkpointing
     if not (act in ("off", "all") or (act.startswith("first:") and act[6:].isdigit())):
         raise ConfigError(f"engine.activation_checkpointing={act!r}: use off, all or first:N")
     _validate_speed(cfg)
+    _validate_best(cfg)
+
+
+def _validate_best(cfg: RunConfig) -> None:
+    """The best export and early stopping act on evaluations: a stage without any is a mistake."""
+    ck, st = cfg.checkpoint, cfg.stage
+    if ck.export not in ("last", "best", "both"):
+        raise ConfigError(f"checkpoint.export={ck.export!r}: use last, best or both")
+    if ck.best_mode not in ("auto", "max", "min"):
+        raise ConfigError(f"checkpoint.best_mode={ck.best_mode!r}: use auto, max or min")
+    if not ck.best_metric.strip():
+        raise ConfigError("checkpoint.best_metric is empty: name an evaluation scalar, e.g. val/top1")
+    if st.early_stop < 0 or st.early_stop_min_delta < 0:
+        raise ConfigError(f"stage.early_stop={st.early_stop}, stage.early_stop_min_delta="
+                          f"{st.early_stop_min_delta}: both must be >= 0 (early_stop 0 = off)")
+    wanted = [k for k, on in ((f"checkpoint.export={ck.export}", ck.export != "last"),
+                              (f"stage.early_stop={st.early_stop}", st.early_stop > 0)) if on]
+    missing = [k for k, off in (("stage.eval_every > 0", st.eval_every <= 0),
+                                ("data.val_manifest", not cfg.data.val_manifest)) if off]
+    if wanted and missing:
+        raise ConfigError(f"{' and '.join(wanted)} acts on evaluations of {ck.best_metric}: set "
+                          f"{' and '.join(missing)} (a supervised stage), or leave checkpoint.export=last "
+                          "and stage.early_stop=0")
 
 
 SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
@@ -135,3 +160,31 @@ def _check_range(pair: list, key: str, upper: float, example: str) -> None:
     if len(pair) != 2 or not 0 < pair[0] <= pair[1] <= upper:
         raise ConfigError(f"{key}={pair}: give [min, max] with 0 < min <= max"
                           f"{' <= 1' if upper == 1.0 else ''}, e.g. {example}")
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module
+
+
+def _validate_logging(lg: LoggingConfig) -> None:
+    """Trackers and the profiler window; a tracker's package is looked for (not imported) here,
+    so a missing one is one line before any model or process group exists."""
+    names = lg.report_to
+    bad = [n for n in names if n not in TRACKERS]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"logging.report_to={names}: a list of distinct {', '.join(TRACKERS)} "
+                          "(e.g. [tensorboard, wandb]; [] for none)")
+    for name in names:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"logging.report_to names {name}, which is not installed: "
+                              f"pip install 'giant[{name}]' (or drop it from logging.report_to)")
+    prof = lg.profile
+    example = "e.g. logging.profile={start: 10, steps: 3}"
+    if not isinstance(prof, dict):
+        raise ConfigError(f"logging.profile={prof!r}: give a mapping {{start, steps}}, {example}; {{}} = off")
+    unknown = sorted(set(prof) - {"start", "steps"})
+    if unknown:
+        raise ConfigError(f"logging.profile: unknown key(s) {unknown}; it takes start and steps, {example}")
+    for key, low in (("start", 0), ("steps", 1)):
+        value = prof.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"logging.profile.{key}={value!r}: must be an integer >= {low}, {example}")

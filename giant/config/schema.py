@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import yaml
 
@@ -88,7 +88,7 @@ def token_grid(cfg: ModelConfig) -> tuple[int, int, int]:
 
 @dataclass
 class MaskConfig:
-    """Encoder and decoder masking (SPEC §3). decoder='none' or decoder_ratio 0 = VideoMAE V1."""
+    """Encoder and decoder masking (docs/reference.md §3). decoder='none' or decoder_ratio 0 = VideoMAE V1."""
 
     # tube | random | frame | block | adaptive (AdaMAE: the model's sampler draws int(N·(1−ratio))
     # visible tokens; the loader then sends a placeholder, see giant/masking.py)
@@ -101,7 +101,7 @@ class MaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where clips come from and how they are sampled (SPEC §4)."""
+    """Where clips come from and how they are sampled (docs/reference.md §4)."""
 
     manifest: str = ""  # CSV / official list / sources YAML
     val_manifest: str = ""
@@ -116,13 +116,13 @@ class DataConfig:
     # un-normalises its target with the same values (one source)
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
-    short_side: int = 0  # eval/test: resize the short side to this before cropping; 0 = model.img_size (SPEC §4)
+    short_side: int = 0  # eval/test: resize the short side to this before cropping; 0 = model.img_size (docs/reference.md §4)
     test_manifest: str = ""  # multi-view test list; "" = val_manifest
     sampling: str = "dense"  # dense (stride τ) | segments (TSN: 1 frame per segment, SSv2)
     rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # fine-tune RandAugment; "" = off
     flip: bool = True  # fine-tune horizontal flip (false for Something-Something)
     train_scale: list = field(default_factory=lambda: [0.08, 1.0])  # fine-tune random resized crop area range
-    # Pre-training crop: multiscale (VideoMAE / V2 / AdaMAE: MultiScaleCrop, SPEC §4) | rrc
+    # Pre-training crop: multiscale (VideoMAE / V2 / AdaMAE: MultiScaleCrop, docs/reference.md §4) | rrc
     # (MAE-ST: random resized crop of area share pretrain_crop_scale and aspect pretrain_crop_ratio
     # on the decoded frames; the official pre-training path applies no short-side jitter then).
     pretrain_crop: str = "multiscale"
@@ -175,7 +175,7 @@ class OptimConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Supervised stages (post-pre-train, fine-tune, distil): targets and head (SPEC §4-5).
+    """Supervised stages (post-pre-train, fine-tune, distil): targets and head (docs/reference.md §4-5).
     Mixup/CutMix/label smoothing are timm's; mixup and cutmix 0 turn mixing off."""
 
     mixup: float = 0.8  # Beta(α, α) for Mixup; 0 = off
@@ -258,14 +258,27 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto | never | PATH
     init_from: str = ""  # run dir / weights of a previous stage
+    # What RUN_DIR/weights.safetensors holds: the last step (last), the best evaluation's step
+    # (best), or the best with the last one in RUN_DIR/last/ too (both); best needs evaluation
+    export: str = "last"  # last | best | both
+    best_metric: str = "val/top1"  # an evaluation scalar; also what stage.early_stop watches
+    best_mode: str = "auto"  # auto (min when the name contains "loss", else max) | max | min
 
 
 @dataclass
 class LoggingConfig:
+    # keys a recipe may still carry from older releases: named with their replacement
+    RETIRED: ClassVar[dict] = {"tensorboard": "replaced by logging.report_to: write "
+                               "logging.report_to=[tensorboard] (or [] for none)"}
     log_every: int = 10
-    tensorboard: bool = True
+    # experiment trackers (rank 0): tensorboard | wandb | mlflow; wandb / mlflow are the
+    # `giant[wandb]` / `giant[mlflow]` extras and are imported only when named here
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
     image_every: int = 0  # reconstruction images every N steps (0 = only at the end)
     progress: bool = True
+    # torch.profiler over optimizer steps start+1 .. start+steps on rank 0, trace under
+    # RUN_DIR/tensorboard/profile/; {} = off, e.g. {start: 10, steps: 3}
+    profile: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -279,6 +292,10 @@ class StageConfig:
     # End this invocation after N optimizer steps, with a checkpoint (0 = run to optim.total_steps).
     # The schedule still spans total_steps, so a later relaunch continues the same run.
     stop_after: int = 0
+    # Stop after this many evaluations in a row without checkpoint.best_metric improving by more
+    # than early_stop_min_delta (0 = off; needs eval_every > 0); ends with reason early_stop
+    early_stop: int = 0
+    early_stop_min_delta: float = 0.0
 
 
 @dataclass

@@ -51,6 +51,9 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    retired = [k for k in unknown if k in getattr(cls, "RETIRED", {})]
+    if retired:  # a key an older release had: say what replaced it
+        raise ConfigError(f"{where}.{retired[0]}: {cls.RETIRED[retired[0]]}")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
@@ -113,8 +116,21 @@ def read_yaml(path: Path, what: str, shipped: str) -> Any:
         raise ConfigError(f"{what} {path}: invalid YAML: {exc}") from exc
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Recipe YAML (may be None) + dotted overrides → validated RunConfig."""
+def drop_retired(cls: type, tree: Any) -> Any:
+    """`tree` without the keys an older release had (cls.RETIRED, in any section): a run dir's
+    own config.yaml, written by that release, must still load; a recipe is told instead."""
+    if not isinstance(tree, dict):
+        return tree
+    hints = typing.get_type_hints(cls)
+    retired = getattr(cls, "RETIRED", {})
+    return {k: drop_retired(hints[k], v) if k in hints and dataclasses.is_dataclass(hints[k]) else v
+            for k, v in tree.items() if k not in retired}
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None,
+                saved: bool = False) -> RunConfig:
+    """Recipe YAML (may be None) + dotted overrides → validated RunConfig. saved: the recipe is
+    a run's own config.yaml (keys an older giant wrote are dropped, not refused)."""
     tree: dict = {}
     where = "config"
     if recipe:
@@ -122,6 +138,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist (see launch/recipes/ for the shipped ones)")
         tree = read_yaml(path, "recipe", "launch/recipes/")
+        tree = drop_retired(RunConfig, tree) if saved else tree
         where = str(path)
     extra = parse_overrides(overrides or [])
     from_dict(RunConfig, extra, "override")  # a mistyped override is named as one, not as the recipe's

@@ -47,8 +47,15 @@ class VideoEntry:
 
 
 def _resolve(path: str, base: Path) -> str:
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else base / p)
+    """str(base / path) as pathlib spells it; plain paths (most of a 660k-row list) skip pathlib,
+    which was most of the parse time."""
+    if not path or path.startswith("~") or "//" in path or path.endswith("/") or "/." in f"/{path}":
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else base / p)
+    if path.startswith("/"):
+        return path
+    b = str(base)
+    return path if b == "." else f"/{path}" if b == "/" else f"{b}/{path}"
 
 
 def _int_field(value: str, name: str, where: str, minimum: int) -> Optional[int]:
@@ -168,6 +175,9 @@ def read_manifest(path: str | Path, root: str = "", list_format: str = "auto") -
         raise DataError(f"manifest {path} does not exist; create it (datasets_manifest/README.md) "
                         "or fix data.manifest")
     base = Path(root).expanduser() if root else path.parent
+    key = (str(path), str(path.resolve()), str(base), list_format, _digest(path))
+    if key in _PARSED:  # the start-up check parsed it moments ago (giant/stages/inputs.py)
+        return list(_PARSED[key])
     try:
         if _is_giant_csv(path):
             entries = _read_giant_csv(path, base)
@@ -178,7 +188,26 @@ def read_manifest(path: str | Path, root: str = "", list_format: str = "auto") -
         raise _not_text(path, exc) from None
     if not entries:
         raise DataError(f"manifest {path} lists no videos")
-    return entries
+    while len(_PARSED) >= 4:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[key] = entries
+    return list(entries)
+
+
+# (path, resolved, base, list_format, content digest) → entries: a stage checks its manifests before
+# it starts and its dataset reads them again; a K710 list parses in seconds, once is enough
+_PARSED: dict = {}
+
+
+def _digest(path: Path) -> str:
+    """Of the content, not the mtime: a file rewritten within one timestamp tick is read anew."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _not_text(path: Path, exc: UnicodeDecodeError) -> DataError:
@@ -313,6 +342,19 @@ def summarize(entries: list[VideoEntry]) -> dict:
     for e in entries:
         counts[e.source or "-"] = counts.get(e.source or "-", 0) + 1
     return counts
+
+
+def check_labels(entries: list[VideoEntry], key: str, classes: int, fix: str = "") -> None:
+    """Every line labelled, every label < `classes` (the model's head): a label past the head
+    would otherwise stop the run at its first batch, after the whole start-up."""
+    missing = [e for e in entries if e.label is None]
+    if missing:
+        raise DataError(f"{missing[0].where}: {key} needs a label on every line ({len(missing)} lines have "
+                        "none); add a label column or use a labelled list")
+    top = max(entries, key=lambda e: e.label)
+    if classes > 0 and top.label >= classes:
+        raise DataError(f"{top.where}: label {top.label} but the model has {classes} classes (labels "
+                        f"0..{classes - 1}); {fix or 'fix model.num_classes or ' + key}")
 
 
 def num_classes(entries: list[VideoEntry]) -> int:

@@ -2,6 +2,9 @@
 
 Layout under `RUN_DIR/checkpoints/`:
     latest                 text: the tag of the newest COMPLETE checkpoint
+    best                   text: the tag pinned as the best evaluation's (checkpoint.export
+                           best|both, engine/best.py): never pruned, never the resume point
+                           unless it is also the newest
     step_00001200/         DeepSpeed files + giant_meta.json + rng_rankNNNNN.pt
     .tmp_step_00001300/    a save in progress (ignored, removed by the next save)
 
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 META = "giant_meta.json"
 LATEST = "latest"
+BEST = "best"  # the pinned tag: kept by pruning (engine/best.py)
 UNIVERSAL = "universal"  # sub-directory of a step_* checkpoint: its world-size-free copy
 TAG_RE = re.compile(r"^step_(\d{8,})$")
 # Model fields that decide parameter shapes: a checkpoint must match them to be resumed.
@@ -139,6 +143,15 @@ def latest_tag(root: Path) -> Optional[str]:
     return found[-1][1] if found else None
 
 
+def pinned_tag(root: Path) -> Optional[str]:
+    """The tag checkpoints/best names (a step_N name), or None."""
+    try:
+        tag = (root / BEST).read_text().strip()
+    except OSError:
+        return None
+    return tag if TAG_RE.match(tag) else None
+
+
 def verify_files(tag_dir: Path) -> Optional[str]:
     """Cheap integrity check of every torch file in a checkpoint (the zip directory at its end
     is present and lists a data.pkl): catches truncation without reading the tensors.
@@ -182,8 +195,9 @@ class CheckpointManager:
         self.root = Path(root)
         self.keep_last = max(1, keep_last)
 
-    def save(self, engine: Any, step: int, client_state: dict, meta: dict) -> Path:
-        """Collective: every rank must call. Returns the final checkpoint directory."""
+    def save(self, engine: Any, step: int, client_state: dict, meta: dict, pin: bool = False) -> Path:
+        """Collective: every rank must call. Returns the final checkpoint directory. `pin`: it
+        becomes checkpoints/best (after it is complete, so a crash leaves the previous pin)."""
         tag, rank = tag_for(step), global_rank()
         tmp, final = self.root / f".tmp_{tag}", self.root / tag
         t0 = time.time()
@@ -204,6 +218,8 @@ class CheckpointManager:
                 _discard(trash)
             os.rename(tmp, final)
             write_text_atomic(self.root / LATEST, tag)
+            if pin:
+                write_text_atomic(self.root / BEST, tag)
             self._prune(keep=tag)
             log.info("checkpoint %s saved in %.1fs", final, time.time() - t0)
         barrier()
@@ -211,8 +227,9 @@ class CheckpointManager:
 
     def _prune(self, keep: str) -> None:
         found = [t for _, t in list_checkpoints(self.root)]
+        pinned = pinned_tag(self.root)
         for tag in found[:-self.keep_last]:
-            if tag != keep:
+            if tag not in (keep, pinned):
                 _discard(self.root / tag)
         # abandoned partial saves, and replaced copies a crash left behind mid-re-save (giant's
         # names only: anything else in checkpoints/ is not giant's to delete)
@@ -389,12 +406,17 @@ def resolve_root(path: Path, tag: Optional[str] = None) -> tuple[Path, Optional[
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file; expected a run dir, its checkpoints/ dir or a step_* "
                               "checkpoint dir (giant convert reads single checkpoint files)")
-    if tag is not None and not TAG_RE.match(tag):
+    if tag is not None and tag != BEST and not TAG_RE.match(tag):
         raise CheckpointError(f"--tag {tag!r}: a checkpoint tag is step_ and 8 or more digits (the "
-                              "directory names under RUN_DIR/checkpoints)")
+                              "directory names under RUN_DIR/checkpoints), or best")
     if (path / META).is_file():
-        return path.parent, tag or path.name
-    if (path / "checkpoints").is_dir():
-        return path / "checkpoints", tag
-    return path, tag
+        root, tag = path.parent, tag or path.name
+    else:
+        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if tag == BEST:  # the pinned best evaluation's checkpoint
+        tag = pinned_tag(root)
+        if tag is None or not (root / tag).is_dir():
+            raise CheckpointError(f"{root}: no best checkpoint pinned (the run needs checkpoint.export="
+                                  "best or both and an evaluation); export --tag step_N or the latest")
+    return root, tag
 

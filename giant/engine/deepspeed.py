@@ -144,7 +144,7 @@ def _model_layers(model: nn.Module) -> tuple[int, Any]:
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None) -> list[dict]:
     """AdamW groups carrying `lr_scale` / `wd_scale`; the loop multiplies them in every step.
-    Layer scale = decay^(L+1-layer) (SPEC §5, official LayerDecayValueAssigner)."""
+    Layer scale = decay^(L+1-layer) (docs/reference.md §5, official LayerDecayValueAssigner)."""
     skip_names = frozenset(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else frozenset()
     num_layers, layer_of = _model_layers(model) if layer_decay is not None else (0, None)
     groups: dict[tuple[bool, int], dict] = {}

@@ -3,7 +3,7 @@ engine.attention_backends).
 
 Both are GPU-only choices: on a CPU nothing here changes a flag, so CPU results stay as they were.
 
-- TF32: the decoder, `encoder_to_decoder` and the heads run in FP32 (SPEC §5). Without TF32 a
+- TF32: the decoder, `encoder_to_decoder` and the heads run in FP32 (docs/reference.md §5). Without TF32 a
   GPU runs them as true-FP32 matmuls, ~7% of ViT-g pre-training's FLOPs but ~40% of its step
   time; the official code enables TF32. Weights, activations and the loss stay FP32.
 - SDPA priority: torch tries flash first; on Hopper cuDNN's fused attention is faster and takes

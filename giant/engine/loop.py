@@ -21,6 +21,7 @@ import torch
 
 from giant.config import OptimConfig
 from giant.engine.deepspeed import set_lr_wd
+from giant.engine.metrics import StepTimer
 from giant.engine.precision import LossScaler
 from giant.engine.schedule import lr_at, wd_at
 from giant.errors import TrainingError
@@ -125,7 +126,7 @@ class EpochBatches:
 @dataclass
 class LoopResult:
     steps_done: int
-    reason: str  # completed | stop_after | signal:SIGTERM | signal:SIGUSR1
+    reason: str  # completed | early_stop | stop_after | signal:SIGTERM | signal:SIGUSR1
     first_loss: Optional[float] = None
     last_loss: Optional[float] = None
     losses: list = field(default_factory=list)
@@ -150,21 +151,27 @@ class LoopHooks:
     # collective: every rank calls it at the same steps (eval_every, and the last step);
     # its scalars join that step's record
     evaluate: Optional[Callable[[int], dict]] = None
+    # collective, after each evaluation: judge(step, its scalars) -> (path of a checkpoint it
+    # saved at this step or None, stop early?) (engine/best.py)
+    judge: Optional[Callable[[int, dict], tuple]] = None
 
 
 def _micro_steps(engine: Any, batches: Iterator, step_fn: Callable, accum: int,
-                 device: torch.device) -> tuple[torch.Tensor, dict, Any]:
+                 device: torch.device) -> tuple[torch.Tensor, dict, Any, float]:
     # summed on the device: reading each micro-batch's loss would stall the GPU queue
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     batch = out = None
+    wait = 0.0  # seconds spent waiting for the loader (data_wait_s)
     for _ in range(accum):
+        t0 = time.perf_counter()
         batch = next(batches)
+        wait += time.perf_counter() - t0
         out = None  # drop the previous micro-batch's outputs before this forward (GPU memory)
         loss, out = step_fn(engine, batch)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().double()
-    return loss_sum, batch, out
+    return loss_sum, batch, out, wait
 
 
 def _agree(loss_sum: torch.Tensor, stop: bool, counters: list) -> tuple[float, bool, list]:
@@ -191,6 +198,21 @@ def _step_scalars(engine: Any, lr: float, wd: float, loss: float, applied: bool,
     return out
 
 
+def _evaluate(hooks: LoopHooks, step: int, scalars: dict, result: LoopResult, saved_step: int) -> int:
+    """The evaluation (before any save: the saved RNG follows it), then the judge's verdict
+    (early stop → result.reason) → the step last saved (a pinned best is this step's checkpoint)."""
+    evaluated = hooks.evaluate(step)
+    scalars.update(evaluated)
+    if hooks.judge is None:
+        return saved_step
+    pinned, early = hooks.judge(step, evaluated)
+    if early:
+        result.reason = "early_stop"
+    if pinned:
+        result.last_checkpoint, saved_step = pinned, step
+    return saved_step
+
+
 def _check_health(loss: float, step: int, lr: float, skips_in_a_row: int) -> int:
     """A non-finite loss, or too many skipped steps in a row, ends the run (no save)."""
     if not math.isfinite(loss):
@@ -214,6 +236,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
     the run cleanly after its first step instead of killing it)."""
     flag = flag or SignalFlag()
     result = LoopResult(steps_done=start_step, reason="completed")
+    timer = StepTimer(optim.total_steps)
     skips_in_a_row, step, saved_step = 0, start_step, start_step
     try:
         while step < optim.total_steps:
@@ -224,7 +247,7 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
             set_lr_wd(engine.optimizer, lr, wd)
             scaler.before_step(engine)
             t0 = time.perf_counter()
-            loss_sum, batch, out = _micro_steps(engine, batches, step_fn, optim.accum_steps, device)
+            loss_sum, batch, out, wait = _micro_steps(engine, batches, step_fn, optim.accum_steps, device)
             applied = engine.was_step_applied()
             scaler.update(not applied)
             loss, stop, totals = _agree(loss_sum / optim.accum_steps, flag.received is not None,
@@ -234,14 +257,14 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
             seconds = time.perf_counter() - t0
             step += 1
             scalars = _step_scalars(engine, lr, wd, loss, applied, scaler, fp16)
-            scalars["step_time_s"] = seconds
+            scalars.update(step_time_s=seconds, **timer.update(step, seconds, wait))  # wait, share, ETA
             if hooks.throughput is not None:
                 scalars.update(hooks.throughput(step, seconds))
             if hooks.scalars is not None:
                 scalars.update(hooks.scalars(step))
             if hooks.evaluate is not None and not stop and math.isfinite(loss) and (
                     (eval_every and step % eval_every == 0) or step == optim.total_steps):
-                scalars.update(hooks.evaluate(step))  # before a save: the saved RNG follows it
+                saved_step = _evaluate(hooks, step, scalars, result, saved_step)
             hooks.log_step(step, scalars)
             skips_in_a_row = _check_health(loss, step, lr, 0 if applied else skips_in_a_row + 1)
             result.losses.append(loss)
@@ -255,8 +278,10 @@ def train_loop(engine: Any, optim: OptimConfig, batches: Iterator, step_fn: Call
                 result.reason = f"signal:{flag.received or 'peer'}"
                 log.info("%s: stopping after step %d, saving", result.reason, step)
                 break
+            if result.reason == "early_stop":  # the judge's verdict: the final save below, as at the end
+                break
             batch = out = None  # do not hold this step's outputs through the next forward
-            if checkpoint_every and step % checkpoint_every == 0 and step < optim.total_steps:
+            if checkpoint_every and step % checkpoint_every == 0 and step < optim.total_steps and saved_step != step:
                 result.last_checkpoint, saved_step = hooks.save(step), step
         result.skipped_steps = int(engine.skipped_steps)
         # final save (still under the signal handlers: a second SIGTERM must not cut it short);

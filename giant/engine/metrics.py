@@ -2,7 +2,7 @@
 
 Only rank 0 writes; other ranks get a disabled logger so call sites need no rank checks.
 MFU uses the analytic training FLOPs from `giant.flops` and a dense-peak table, so numbers
-are comparable with the papers' (SPEC §6).
+are comparable with the papers' (docs/reference.md §6).
 """
 from __future__ import annotations
 
@@ -93,11 +93,60 @@ def memory_stats(device: torch.device | str) -> dict:
 
 
 def _fmt(key: str, value: float) -> str:
+    if key == "eta_s":
+        minutes, seconds = divmod(int(round(value)), 60)
+        return f"eta {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
     if key == "lr" or (value != 0 and abs(value) < 1e-3):
         return f"{key} {value:.3e}"
-    if key == "mfu":
+    if key in ("mfu", "data_wait_share"):
         return f"{key} {100 * value:.1f}%"
     return f"{key} {value:.4g}"
+
+
+class StepTimer:
+    """Per optimizer step: the loader wait and its share of the step, and the time left at this
+    attempt's pace: eta_s = (total - step) × wall seconds per step since the attempt's first step
+    began. Wall time, not the steps' own times: evaluations and saves recur, and an ETA that
+    leaves them out reads low by their share (in the CPU demo, by half)."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.started: Optional[float] = None  # perf_counter() when this attempt's first step began
+        self.steps = 0
+
+    def update(self, step: int, seconds: float, wait: float, now: Optional[float] = None) -> dict:
+        now = time.perf_counter() if now is None else now
+        if self.started is None:
+            self.started = now - seconds
+        self.steps += 1
+        pace = (now - self.started) / self.steps
+        return {"data_wait_s": wait, "data_wait_share": wait / max(seconds, 1e-9),
+                "eta_s": max(self.total_steps - step, 0) * pace}
+
+
+class _BarStream:
+    """A logging handler's stream while a tqdm bar is drawn: lines go through tqdm.write, which
+    lifts the bar, prints, and redraws it (a plain write would tear the bar)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _route_logging_through_bar() -> list:
+    """Point the console handlers (root's, on stderr/stdout) at tqdm.write; returns what to undo."""
+    swapped = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.stdout):
+            swapped.append((handler, handler.setStream(_BarStream(handler.stream))))
+    return swapped
 
 
 def _truncate_after(jsonl: Path, step: int) -> None:
@@ -116,45 +165,49 @@ def _truncate_after(jsonl: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    """Every step → TensorBoard + `metrics.jsonl`; every `log_every` → one console line."""
+    """Every step → `metrics.jsonl` + the trackers of `report_to` (TensorBoard, wandb, mlflow);
+    every `log_every` → one console line; a tqdm bar on terminals."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+    def __init__(self, run_dir: str | Path, enabled: bool = True, report_to: Optional[list] = None,
                  log_every: int = 10, progress: bool = True, total_steps: Optional[int] = None,
-                 resume_step: int = 0):
+                 resume_step: int = 0, run_name: str = "", config: Optional[dict] = None):
         self.enabled = enabled
         self.log_every = max(1, log_every)
         self.total_steps = total_steps
         self.run_dir = Path(run_dir)
         self._tb = self._jsonl = self._bar = None
+        self._trackers: list = []
+        self._swapped: list = []
+        self._last: dict = {}
         if not enabled:
             return
+        from giant.engine.trackers import TensorBoardTracker, flatten, open_trackers
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         jsonl = self.run_dir / "metrics.jsonl"
         if jsonl.exists():  # resume_step 0: an attempt that crashed before its first checkpoint
             _truncate_after(jsonl, resume_step)
         self._jsonl = open(jsonl, "a", buffering=1)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a crashed run logged after its last checkpoint (all of
-            # them when it crashed before the first one)
-            tb_dir = self.run_dir / "tensorboard"
-            earlier = tb_dir.is_dir() and any(tb_dir.iterdir())
-            self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=resume_step + 1 if earlier else None)
+        self._config = flatten(config or {})
+        names = ["tensorboard"] if report_to is None else list(report_to)
+        self._trackers = open_trackers(names, self.run_dir, run_name or self.run_dir.name, resume_step,
+                                       self._config)
+        self._tb = next((t.writer for t in self._trackers if isinstance(t, TensorBoardTracker)), None)
         if progress and sys.stderr.isatty() and total_steps:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, dynamic_ncols=True, leave=False)
+            self._swapped = _route_logging_through_bar()
 
     def log_step(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
         self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
-        if self._tb is not None:
-            for key, value in clean.items():
-                if math.isfinite(value):
-                    self._tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
+        tagged = {k if "/" in k else f"train/{k}": v for k, v in clean.items() if math.isfinite(v)}
+        self._last.update(tagged)
+        for tracker in self._trackers:
+            tracker.log(step, tagged)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(loss=clean.get("loss"))
@@ -162,6 +215,12 @@ class MetricsLogger:
             total = f"/{self.total_steps}" if self.total_steps else ""
             body = " | ".join(_fmt(k, v) for k, v in clean.items())
             log.info("step %d%s | %s", step, total, body)
+
+    def log_tensorboard(self, step: int, scalars: dict) -> None:
+        """Scalars for TensorBoard only (e.g. one per class): not rows of metrics.jsonl."""
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
 
     def log_image(self, step: int, tag: str, image_HWC: np.ndarray) -> Optional[Path]:
         """TensorBoard image + PNG under run_dir/images/; returns the PNG path."""
@@ -181,12 +240,22 @@ class MetricsLogger:
             self._tb.flush()
 
     def close(self) -> None:
+        """The config with the final metrics to every tracker (when a step was logged), then
+        each tracker's finish; the console handlers get their streams back."""
         if not self.enabled:
             return
+        for handler, stream in self._swapped:
+            handler.setStream(stream)
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
-        self.enabled = False
+        final = {k: v for k, v in self._last.items() if k == "train/loss" or k.startswith("val/")}
+        try:
+            for tracker in self._trackers:
+                if final:
+                    tracker.log_config(self._config, final)
+        finally:
+            for tracker in self._trackers:
+                tracker.finish()
+            if self._jsonl is not None:
+                self._jsonl.close()
+            self.enabled = False

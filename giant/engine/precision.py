@@ -1,14 +1,14 @@
-"""The precision policy: encoder in FP16/BF16 autocast, decoder + target + loss in FP32 (SPEC §5).
+"""The precision policy: encoder in FP16/BF16 autocast, decoder + target + loss in FP32 (docs/reference.md §5).
 
 Why not DeepSpeed's own mixed precision:
 - The `fp16` / `bf16` sections cast the whole module to 16 bits, decoder and loss included,
-  which is exactly the official code's defect (SPEC §7).
+  which is exactly the official code's defect (docs/reference.md §7).
 - The `torch_autocast` section (DeepSpeed 0.19) wraps the *whole* forward in autocast, and for
   FP16 under ZeRO 1-3 it uses a per-rank `torch.amp.GradScaler`: ZeRO's clipping then sees
   scaled gradients (its own loss scale is 1), and each rank decides inf/skip on its own shard.
 
 So parameters and optimizer state stay FP32 (no DeepSpeed fp16/bf16 section), the encoder's
-forward is wrapped in `torch.autocast` here (model code stays precision-free, DESIGN layering),
+forward is wrapped in `torch.autocast` here (model code stays precision-free, docs/architecture.md layering),
 and FP16 uses `DynamicLossScaler` below, pushed into the ZeRO optimizer through its
 `override_loss_scale()` hook. ZeRO then multiplies the loss by our scale in `engine.backward`,
 divides it out before clipping, and — because the optimizer dtype is FP32 — treats a
@@ -73,10 +73,7 @@ def cpu_native_bf16() -> bool:
 
 def cuda_bf16(device: torch.device) -> bool:
     """Native BF16 on this GPU (Ampere+ or ROCm); torch's default also counts emulation."""
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 had no emulation flag
-        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def choose_encoder_precision(requested: str, device: torch.device | str) -> tuple[str, str]:

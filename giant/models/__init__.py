@@ -1,6 +1,6 @@
 """Model family: pure torch modules with the official parameter names.
 
-No distribution, precision or checkpointing code lives here (DESIGN.md layering rules).
+No distribution, precision or checkpointing code lives here (docs/architecture.md layering rules).
 Which class a config builds: model.arch (videomae | maest) × model.sampler (none | adaptive) ×
 kind (pretrain | classifier).
 """

@@ -1,4 +1,4 @@
-"""Video classifier: encoder on all tokens → mean pool → fc_norm → dropout → head (SPEC §1).
+"""Video classifier: encoder on all tokens → mean pool → fc_norm → dropout → head (docs/reference.md §1).
 
 Shape legend: B batch, N tokens, D width, C classes.
 """

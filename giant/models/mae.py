@@ -1,4 +1,4 @@
-"""VideoMAE V2 masked autoencoder with dual masking (SPEC §2).
+"""VideoMAE V2 masked autoencoder with dual masking (docs/reference.md §2).
 
 Masks arrive as sorted index tensors, so the same model serves tube/random/frame/block encoder
 masks and running-cell or V1-style decoder masks. Precision is not decided here: the engine
@@ -74,7 +74,7 @@ def unpatchify(tokens_BNP: torch.Tensor, grid: tuple[int, int, int], patch: int,
 def masked_token_mse(pred_BMP: torch.Tensor, tgt_BMP: torch.Tensor, enc_keep_BK: torch.Tensor,
                      dec_keep_BM: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, mask_BM): MSE per token, averaged over the decoder-kept tokens the encoder did not
-    see (SPEC §2). Shared by every autoencoder here (VideoMAE V1/V2, AdaMAE, MAE-ST)."""
+    see (docs/reference.md §2). Shared by every autoencoder here (VideoMAE V1/V2, AdaMAE, MAE-ST)."""
     visible_BN = torch.zeros(pred_BMP.shape[0], num_tokens, dtype=torch.bool, device=pred_BMP.device)
     visible_BN.scatter_(1, enc_keep_BK, True)
     mask_BM = ~torch.gather(visible_BN, 1, dec_keep_BM)
@@ -115,7 +115,7 @@ class MaskedVideoAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_module(self, m: nn.Module) -> None:
-        """Pre-training init (SPEC §2): xavier Linear / zero bias, LayerNorm 1/0, mask token
+        """Pre-training init (docs/reference.md §2): xavier Linear / zero bias, LayerNorm 1/0, mask token
         N(0, 0.02²) truncated at ±0.02 (the official trunc_normal_ wrapper passes a=-std, b=std;
         torch's own default bounds ±2 would not truncate at all).
         Touches only m's own parameters, so it can run one gathered module at a time."""
@@ -143,7 +143,7 @@ class MaskedVideoAutoencoder(nn.Module):
         return vit_layer_id(name, self.num_layers, prefix="encoder.")
 
     def low_precision_modules(self) -> list[nn.Module]:
-        """The whole encoder; `encoder_to_decoder` onwards stays FP32 (SPEC §5)."""
+        """The whole encoder; `encoder_to_decoder` onwards stays FP32 (docs/reference.md §5)."""
         return [self.encoder]
 
     def checkpoint_blocks(self) -> tuple[list[nn.Module], list[nn.Module]]:

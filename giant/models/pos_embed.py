@@ -1,4 +1,4 @@
-"""Fixed 1-D sine-cosine position table over the flattened (t, h, w) token index (SPEC §1).
+"""Fixed 1-D sine-cosine position table over the flattened (t, h, w) token index (docs/reference.md §1).
 
 The table is a non-persistent buffer: it is not a parameter and not in the state dict, so the
 official checkpoints load unchanged. Other grids resample the table built at the pre-training

@@ -1,4 +1,4 @@
-"""AdaMAE adaptive token sampling (SPEC §3; wgcban/adamae) as a VideoMAE encoder variant.
+"""AdaMAE adaptive token sampling (docs/reference.md §3; wgcban/adamae) as a VideoMAE encoder variant.
 
 The sampler lives INSIDE the encoder (`encoder.pos_embed_probs`, `encoder.get_token_probs.*`,
 the official names, so official AdaMAE state dicts load unchanged). Two reasons: it runs in the

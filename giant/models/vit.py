@@ -20,7 +20,7 @@ from giant.config import ModelConfig, token_grid  # token_grid re-exported for m
 from giant.errors import ConfigError
 from giant.models.pos_embed import position_table
 
-# Official sizes (SPEC §1-2). `tiny` exists for tests and the CPU demo.
+# Official sizes (docs/reference.md §1-2). `tiny` exists for tests and the CPU demo.
 MODEL_SIZES: dict[str, dict] = {
     "tiny": dict(patch_size=16, embed_dim=96, depth=2, num_heads=4, mlp_ratio=4.0,
                  decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2,
@@ -191,7 +191,7 @@ class VideoViT(nn.Module):
         return len(self.blocks)
 
     def layer_id(self, name: str) -> int:
-        """SPEC §5 layer-wise lr decay: patch embed 0, block k → k+1, everything after → L+1."""
+        """docs/reference.md §5 layer-wise lr decay: patch embed 0, block k → k+1, everything after → L+1."""
         return vit_layer_id(name, self.num_layers)
 
     def low_precision_modules(self) -> list[nn.Module]:

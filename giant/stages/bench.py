@@ -4,7 +4,7 @@ It builds the same engine as training (DeepSpeed JSON + precision policy + activ
 checkpointing) and feeds it synthetic uint8 clips already on the device, so the number is the
 model/engine cost alone; loader throughput is measured separately by `giant data bench`.
 FLOPs come from `giant.flops` (analytic, matmuls only, ×3 for backward) — the same convention
-as the papers, so MFU is comparable with SPEC §6.
+as the papers, so MFU is comparable with docs/reference.md §6.
 """
 from __future__ import annotations
 

@@ -38,16 +38,9 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- the teacher
 def teacher_path(cfg: RunConfig) -> str:
-    path = cfg.distill.teacher
-    where = ("a giant run dir / weights.safetensors of a fine-tuned classifier, an official VideoMAE / "
-             "V2 checkpoint or a Hugging Face VideoMAE directory")
-    if not path:
-        raise ConfigError(f"distill.teacher is empty: a teacher without weights teaches nothing; give "
-                          f"--teacher PATH or distill.teacher=PATH ({where})")
-    if not Path(path).exists():
-        raise ConfigError(f"distill.teacher={path} does not exist; point --teacher / distill.teacher at {where}")
-    check_weights("distill.teacher", path)
-    return path
+    from giant.stages.inputs import check_teacher
+
+    return check_teacher(cfg.distill.teacher)
 
 
 def teacher_config(cfg: RunConfig, student: ModelConfig, info: dict, num_classes: int, path: str) -> ModelConfig:
@@ -159,7 +152,7 @@ class DistillStage(FinetuneStage):
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
-        teacher_path(cfg)  # fail before any process group or engine exists
+        teacher_path(cfg)  # fail before any process group or engine exists (run_stage checks all inputs)
 
     def init_weights(self, ctx: RunContext, model: torch.nn.Module) -> None:
         super().init_weights(ctx, model)  # the student: checkpoint.init_from
@@ -198,7 +191,7 @@ class DistillStage(FinetuneStage):
             t = self.teach(x).argmax(1)
             return {"agreement": ((t == logits.argmax(1)) & ok).sum(), "teacher_top1": ((t == y) & ok).sum()}
 
-        result = validate(ctx, self._val_loader(ctx), probe, ("agreement", "teacher_top1"))
+        result = validate(ctx, self._val_loader(ctx), probe, ("agreement", "teacher_top1"), step=step)
         if "val/top1" in result:
             result["val/best_top1"] = self.best.update(result["val/top1"], step)
         return result

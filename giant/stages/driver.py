@@ -21,14 +21,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from giant.config import RunConfig, dump_config, to_dict
+from giant.engine.best import DONE_REASONS, BestKeeper, check_evaluates
 from giant.engine.checkpoint import ARCH_KEYS, CheckpointManager, check_compatible, read_meta
 from giant.engine.deepspeed import build_engine, construct_model, init_distributed
 from giant.engine.ds_config import MergedDS, resolve_ds_config
-from giant.engine.export import export_weights
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
 from giant.engine.reshard import prepare_universal
 from giant.errors import ConfigError, GiantError
-from giant.safety import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -183,22 +182,21 @@ def _resume(plan: ResumePlan, ckpt: CheckpointManager, engine: Any, meta: dict, 
     return int(client["step"])
 
 
-def _finish(stage: Stage, ctx: RunContext, result: Any, ckpt_root: Path, images: list) -> dict:
+def _finish(stage: Stage, ctx: RunContext, result: Any, ckpt_root: Path, images: list,
+            keeper: BestKeeper) -> dict:
     run_dir, rank = ctx.run_dir, ctx.rank
     art = {"stage": stage.kind, "run_dir": str(run_dir), "config": str(run_dir / "config.yaml"),
            "ds_config": str(run_dir / "ds_config.json"), "metrics": str(run_dir / "metrics.jsonl"),
            "tensorboard": str(run_dir / "tensorboard"), "images": images,
            "checkpoint": result.last_checkpoint, "steps": result.steps_done, "reason": result.reason,
            "first_loss": result.first_loss, "last_loss": result.last_loss,
-           "skipped_steps": result.skipped_steps}
+           "skipped_steps": result.skipped_steps, "exported": None, "best": keeper.tracker.summary()}
     stage.finish(ctx, art)
-    if result.reason == "completed":  # also when a finished run is relaunched: re-export latest
+    if result.reason in DONE_REASONS:  # also when a finished run is relaunched: re-export
         if rank == 0:  # consolidate for the next stage (any ZeRO stage, no process group needed)
-            # this run wrote the checkpoint moments ago: trusted, so a type the allow-list lacks
+            # this run wrote the checkpoints moments ago: trusted, so a type the allow-list lacks
             # (e.g. a GPU-only loss scaler) cannot fail a finished run at its very end
-            weights, model_json = export_weights(ckpt_root, run_dir, provenance={"recipe_run_dir": str(run_dir)},
-                                                 trust_pickle=True)
-            art.update(weights=str(weights), model_json=str(model_json))
+            art.update(keeper.export(ckpt_root, run_dir, {"recipe_run_dir": str(run_dir)}))
         # no barrier: other ranks have nothing left to do, and waiting in a collective while
         # rank 0 consolidates a ViT-g checkpoint could outlast the process-group timeout
     if result.reason.startswith("signal") and rank == 0:
@@ -248,10 +246,10 @@ def run_stage(stage: Stage) -> dict:
     device, the DeepSpeed JSON merged once against it, model sizes and absolute lr filled in."""
     from giant.engine.precision import announce_precision
 
+    check_evaluates(stage.cfg, stage.kind, type(stage).evaluate is not Stage.evaluate)
+    check_inputs(stage.cfg, stage.kind)  # files first: seconds after the launch, on every rank alike
     cfg, device = set_up(stage.cfg, announce=False)  # logged below: a bad input is one line
     ds = resolve_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
-    prepare_run_dir(cfg.stage.run_dir, cfg.checkpoint.resume)  # resume=never over an old run: refuse
-    check_inputs(cfg)
     model_cfg = stage.model_config(cfg)  # a config mistake fails before any set-up
     announce_precision(stage.cfg.precision.encoder, device)  # the inputs passed: now say it
     # handlers first: a preemption signal during the (long, for ViT-g) start-up and resume must
@@ -288,6 +286,7 @@ def _start(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device,
 def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds: MergedDS,
          flag: SignalFlag) -> dict:
     from giant.engine.metrics import MetricsLogger, Throughput, memory_stats
+    from giant.engine.profile import StepProfiler
 
     ctx, ckpt, plan = _start(stage, cfg, model_cfg, device, ds)
     cfg, rank, world, run_dir, engine, info = ctx.cfg, ctx.rank, ctx.world, ctx.run_dir, ctx.engine, ctx.info
@@ -299,18 +298,21 @@ def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds:
         loader.generator = torch.Generator().manual_seed(cfg.stage.seed + rank)
     failures = GlobalFailures(local_tracker, rank)
     meta = stage_meta(stage, cfg, model_cfg, world, info.zero_stage, info.global_batch_clips, stage.meta(ctx))
+    keeper = BestKeeper(cfg, device)  # checkpoint.export / best_metric, stage.early_stop
     states = {"sampler": batches, "loss_scaler": info.loss_scaler, "data_failures": failures,
-              **stage.states(ctx)}
+              "best_export": keeper.tracker, **stage.states(ctx)}
     ctx.start_step = start = _resume(plan, ckpt, engine, meta, states)
 
-    def save(step: int) -> str:
+    def save(step: int, pin: bool = False) -> str:
         client = {"step": step, "states": {k: v.state_dict() for k, v in states.items()},
                   "config": to_dict(cfg)}
-        return str(ckpt.save(engine, step, client, meta))
+        return str(ckpt.save(engine, step, client, meta, pin=pin))
 
     ctx.metrics = metrics = MetricsLogger(
-        run_dir, enabled=rank == 0, tensorboard=cfg.logging.tensorboard, log_every=cfg.logging.log_every,
-        progress=cfg.logging.progress, total_steps=cfg.optim.total_steps, resume_step=start)
+        run_dir, enabled=rank == 0, report_to=cfg.logging.report_to, log_every=cfg.logging.log_every,
+        progress=cfg.logging.progress, total_steps=cfg.optim.total_steps, resume_step=start,
+        run_name=cfg.stage.name, config=to_dict(cfg))
+    prof = StepProfiler(cfg.logging.profile, run_dir, device, enabled=rank == 0)  # logging.profile
     tput = Throughput(stage.flops_per_clip(ctx), device, cfg.precision.encoder, world)
     images: list[str] = []
 
@@ -323,21 +325,27 @@ def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds:
         epoch = batches.state_dict().get("epoch", 0)
         return {"epoch": epoch, "data_failures": failures.failed, **stage.scalars(ctx, step)}
 
-    hooks = LoopHooks(save=save, log_step=metrics.log_step, scalars=scalars, image=image,
+    hooks = LoopHooks(save=save, log_step=lambda step, v: (metrics.log_step(step, v), prof.at(step)),
+                      scalars=scalars, image=image,
                       throughput=lambda step, s: {**tput.update(info.global_batch_clips, s),
                                                   **memory_stats(device)},
                       counters=failures.counters, agreed=failures.agreed,
-                      evaluate=lambda step: stage.evaluate(ctx, step))
+                      evaluate=lambda step: stage.evaluate(ctx, step),
+                      judge=lambda step, result: keeper.judge(step, result, save))
     log.info("%s %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s", stage.kind,
              model_cfg.name, start, cfg.optim.total_steps, world, info.global_batch_clips, run_dir)
     try:
-        result = train_loop(engine, info.optim, batches, stage.step_fn(ctx, failures), info.loss_scaler,
-                            hooks, start, device, checkpoint_every=cfg.checkpoint.every_steps,
-                            image_every=cfg.logging.image_every, stop_after=cfg.stage.stop_after,
-                            fp16=cfg.precision.encoder == "fp16", flag=flag,
-                            eval_every=cfg.stage.eval_every)
-        return _finish(stage, ctx, result, ckpt.root, images)
+        prof.at(start)
+        stopped = keeper.resumed_stop(start)  # a relaunched early-stopped run trains no further
+        result = stopped or train_loop(engine, info.optim, batches, stage.step_fn(ctx, failures),
+                                       info.loss_scaler, hooks, start, device,
+                                       checkpoint_every=cfg.checkpoint.every_steps,
+                                       image_every=cfg.logging.image_every, stop_after=cfg.stage.stop_after,
+                                       fp16=cfg.precision.encoder == "fp16", flag=flag,
+                                       eval_every=cfg.stage.eval_every)
+        return _finish(stage, ctx, result, ckpt.root, images, keeper)
     finally:
+        prof.close()
         metrics.close()
 
 
@@ -355,29 +363,19 @@ def setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
 
 
-def check_inputs(cfg: RunConfig) -> None:
-    """The paths a person types most, checked before a run dir or a process group exists, so a
-    typo is one line that leaves nothing behind (their contents are read when they are used)."""
-    from giant.data.manifest import check_manifest
+def check_inputs(cfg: RunConfig, kind: str = "pretrain") -> None:
+    """Everything static the stage needs (manifests parsed, weights, run dir), before a run dir,
+    a process group or a model exists: giant/stages/inputs.py."""
+    from giant.stages.inputs import check_stage
 
-    if cfg.data.manifest:  # empty: the stage says what it needs
-        check_manifest(cfg.data.manifest)
-    if cfg.checkpoint.init_from:
-        check_weights("checkpoint.init_from", cfg.checkpoint.init_from, "empty = random init")
+    check_stage(kind, cfg)
 
 
 def check_weights(key: str, path: str, fix: str = "") -> None:
-    """`path` is weights giant can start from (a giant export, an HF directory or a checkpoint
-    file): decided from names alone, no tensor read."""
-    from giant.interop import detect_format
+    """`path` is weights giant can start from (giant/stages/inputs.py; names only)."""
+    from giant.stages.inputs import check_weights as check
 
-    if not Path(path).exists():
-        raise ConfigError(f"{key}={path} does not exist (give a run dir, weights dir or checkpoint file"
-                          f"{'; ' + fix if fix else ''})")
-    try:
-        detect_format(path)
-    except GiantError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+    check(key, path, fix)
 
 
 def mark_error(run_dir: Path, exc: Exception) -> None:

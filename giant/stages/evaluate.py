@@ -1,5 +1,5 @@
 """Multi-view evaluation: K temporal clips × S spatial crops per video, video score = mean of
-per-view softmax (SPEC §4). `giant evaluate RUN_DIR_OR_WEIGHTS` / `deepspeed launch/evaluate.py`.
+per-view softmax (docs/reference.md §4). `giant evaluate RUN_DIR_OR_WEIGHTS` / `deepspeed launch/evaluate.py`.
 
 Each video is decoded once for all its views (TestViews) and forwarded as one batch of its
 views, so a video's score does not depend on how videos are split over ranks: a 2-rank result
@@ -42,13 +42,14 @@ def output_dir(out: Optional[str], target: Optional[str]) -> Optional[Path]:
 def _config_from(target: Optional[str], recipe: Optional[str], overrides: list[str]) -> RunConfig:
     """A run dir's own config.yaml (model + data) is the base; the recipe and overrides win."""
     tree_overrides: list[str] = []
+    saved = False
     if target:
         p = Path(target)
         run_cfg = p / "config.yaml" if p.is_dir() else p.parent / "config.yaml"
         if run_cfg.is_file() and not recipe:
-            recipe = str(run_cfg)
+            recipe, saved = str(run_cfg), True  # written by giant, perhaps an older one
         tree_overrides.append(f"checkpoint.init_from={target}")
-    return load_config(recipe, tree_overrides + overrides)
+    return load_config(recipe, tree_overrides + overrides, saved=saved)
 
 
 def _model_cfg(cfg: RunConfig) -> Any:
@@ -219,28 +220,16 @@ class EvaluateStage:
         return count(model_cfg, "finetune")["flops"]
 
 
-def _check_inputs(cfg: RunConfig) -> None:
-    """Weights without a classifier, no or an unreadable test list: fail on every rank before
-    any process group or output exists."""
-    from giant.data.manifest import check_manifest
-
-    _model_cfg(cfg)
-    if not (cfg.data.test_manifest or cfg.data.val_manifest):
-        raise ConfigError("data.test_manifest (or data.val_manifest) is empty: set it, e.g. "
-                          "data.test_manifest=data/synth/val.csv")
-    key = "data.test_manifest" if cfg.data.test_manifest else "data.val_manifest"
-    check_manifest(cfg.data.test_manifest or cfg.data.val_manifest, key)
-
-
 def run(cfg: RunConfig, out_dir: Optional[str] = None, reference: Optional[str] = None) -> dict:
     """Collective over all ranks; rank 0 writes results.json, predictions.csv, scores.npz,
     confusion.png."""
     from giant.data import TestViews, collate_test, make_loader
     from giant.stages.driver import join, set_up
+    from giant.stages.inputs import check_evaluate
 
-    if reference:  # a missing one fails before any work, on every rank
-        reference_scores(Path(reference))
-    _check_inputs(cfg)
+    # weights, test list (every line, labels inside the head), reference scores, output folder:
+    # a mistake fails in seconds on every rank, before any process group or output exists
+    check_evaluate(cfg, reference, str(output_dir(out_dir, cfg.checkpoint.init_from) or cfg.stage.run_dir))
     cfg, device = set_up(cfg)  # the driver's set-up: device, precision, then the process group
     out = output_dir(out_dir, cfg.checkpoint.init_from) or Path(cfg.stage.run_dir)
     rank, world = join(cfg, device, out)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from giant.artifact import artifact_model
 from giant.config import RunConfig
+from giant.engine.best import BestMetric  # val/best_top1: best validation top-1, kept across resumes
 from giant.engine.loop import EpochBatches
 from giant.errors import ConfigError
 from giant.stages.driver import GlobalFailures, RunContext, Stage
@@ -27,24 +28,6 @@ from giant.stages.sharding import PaddedShardSampler, all_reduce_sum
 from giant.stages.weights import load_classifier_init, pos_grid_for
 
 log = logging.getLogger(__name__)
-
-
-class BestMetric:
-    """Best validation top-1 so far; saved in checkpoints so a resumed run keeps it."""
-
-    def __init__(self) -> None:
-        self.best, self.step = float("-inf"), 0
-
-    def update(self, value: float, step: int) -> float:
-        if value > self.best:
-            self.best, self.step = value, step
-        return self.best
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.step = float(state["best"]), int(state["step"])
 
 
 def build_mixup(cfg: RunConfig, num_classes: int, clips_per_rank: int) -> Optional[Any]:
@@ -166,7 +149,7 @@ class FinetuneStage(Stage):
     def evaluate(self, ctx: RunContext, step: int) -> dict:
         if not self.cfg.data.val_manifest:
             return {}
-        result = validate(ctx, self._val_loader(ctx))
+        result = validate(ctx, self._val_loader(ctx), step=step)
         if result:
             result["val/best_top1"] = self.best.update(result["val/top1"], step)
         return result
@@ -195,11 +178,12 @@ class FinetuneStage(Stage):
 
 @torch.no_grad()
 def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Optional[Callable] = None,
-             probe_keys: tuple = ()) -> dict:
+             probe_keys: tuple = (), step: Optional[int] = None) -> dict:
     """Single centre view per video: loss, top-1, top-5 over the whole val set (each video once;
     unreadable ones are counted and left out of the accuracy, see val/unreadable).
     `probe(x, logits, y, ok) -> {key: count}` adds per-video counts over the same forward
-    (distillation: agreement with the teacher), reported as val/<key> in percent."""
+    (distillation: agreement with the teacher), reported as val/<key> in percent.
+    With `step`, top-1 per class goes to TensorBoard and RUN_DIR/val_per_class.json (rank 0)."""
     from giant.data import normalize_on_device
 
     loader, sampler = val
@@ -209,6 +193,7 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Option
     real_all = sampler.real_mask()
     # loss, top1, top5, count, unreadable (+ probes), summed on the device: no host sync per batch
     sums = torch.zeros(5 + len(probe_keys), dtype=torch.float64, device=device)
+    per_class = torch.zeros(2, ctx.model_cfg.num_classes, dtype=torch.float64, device=device)
     seen = 0
     was_training = engine.module.training
     engine.eval()
@@ -230,14 +215,48 @@ def validate(ctx: RunContext, val: tuple[Any, PaddedShardSampler], probe: Option
                 counts = probe(x, logits, y, ok)
                 part += [torch.as_tensor(counts[key], device=device) for key in probe_keys]
             sums += torch.stack([p.double() for p in part])
+            per_class += class_counts(top[:, 0], y, ok, per_class.shape[1])
     finally:
         engine.train(was_training)
-    loss, top1, top5, count, unreadable, *probed = all_reduce_sum(sums, device)
+    totals = all_reduce_sum(torch.cat([sums, per_class.flatten()]), device)  # one collective
+    loss, top1, top5, count, unreadable, *probed = totals[:len(sums)]
+    if step is not None and ctx.rank == 0:
+        names = getattr(loader.dataset, "class_names", None)
+        publish_per_class(ctx, step, per_class_table(totals[len(sums):], names))
     if count == 0:
         return {"val/unreadable": unreadable}
     return {"val/loss": loss / count, "val/top1": 100.0 * top1 / count, "val/top5": 100.0 * top5 / count,
             "val/videos": count, "val/unreadable": unreadable,
             **{f"val/{key}": 100.0 * v / count for key, v in zip(probe_keys, probed)}}
+
+
+def class_counts(pred: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[2, C]: per true class, the videos predicted right (top-1) and the videos counted."""
+    right = torch.bincount(y[ok & (pred == y)], minlength=num_classes)[:num_classes]
+    seen = torch.bincount(y[ok], minlength=num_classes)[:num_classes]
+    return torch.stack([right, seen]).double()
+
+
+def per_class_table(flat: list, names: Optional[list] = None) -> list[dict]:
+    """[correct × C, count × C] summed over ranks → one row per class (top-1 in %, None for a
+    class without validation videos); a class is named by the data's label names, else its index."""
+    num = len(flat) // 2
+    return [{"class": str(names[i]) if names else str(i), "index": i, "videos": int(flat[num + i]),
+             "top1": 100.0 * flat[i] / flat[num + i] if flat[num + i] else None} for i in range(num)]
+
+
+def publish_per_class(ctx: RunContext, step: int, table: list[dict]) -> None:
+    """Rank 0: TensorBoard val_per_class/top1/<class>, and RUN_DIR/val_per_class.json (the
+    latest evaluation, written atomically)."""
+    import json
+
+    from giant.artifact import write_text_atomic
+
+    if ctx.metrics is not None:
+        ctx.metrics.log_tensorboard(step, {f"val_per_class/top1/{row['class'].replace(' ', '_')}": row["top1"]
+                                           for row in table if row["top1"] is not None})
+    write_text_atomic(ctx.run_dir / "val_per_class.json",
+                      json.dumps({"step": step, "metric": "top1", "classes": table}, indent=2) + "\n")
 
 
 def run(cfg: RunConfig) -> dict:

@@ -318,3 +318,35 @@ def _resolve_training(r: Resolved, done: dict[str, Resolved], over_tree: dict) -
     nested = merge_trees(_recipe_tree(spec.recipe, where), over_tree)
     r.cfg_tree = merge_trees(nested, {"stage": {"run_dir": str(spec.run_dir)}})
     r.tree = {"kind": spec.kind, **_hashed(_flat(nested)), **refs}
+
+
+# ----------------------------------------------------------------------------- inputs
+def input_errors(resolved: list[Resolved], names: Optional[set] = None,
+                 worlds: Optional[dict] = None) -> list[str]:
+    """`stage NAME: problem` for each stage (of `names`, default all) whose inputs that exist
+    before the pipeline starts are wrong: manifests (every line parsed), weights from outside
+    ({path: P} or the recipe's own), an evaluation's outside target and reference, the DeepSpeed
+    JSON at `worlds[name]` ranks when given. Inputs an earlier stage produces are not there yet:
+    skipped. giant/stages/inputs.py is what each stage checks again when it starts."""
+    from giant.stages.inputs import check_stage
+
+    errors = []
+    for r in resolved:
+        if r.error or r.cfg is None or (names is not None and r.spec.name not in names):
+            continue
+        inputs = r.spec.inputs
+        produced = tuple(INPUTS.get(k, k) for k, v in inputs.items() if isinstance(v, str))
+        if r.spec.kind == "evaluate":
+            produced = tuple("checkpoint.init_from" if k == "target" else k for k, v in inputs.items()
+                             if isinstance(v, str))
+        reference = inputs.get("reference")
+        try:
+            check_stage(r.spec.kind, r.cfg, produced, run_dir=False, out=str(r.spec.run_dir),
+                        reference=reference["path"] if isinstance(reference, dict) else None)
+            if worlds and r.spec.name in worlds and KINDS[r.spec.kind].trains:
+                from giant.engine.ds_config import check_ds_config
+
+                check_ds_config(r.cfg, worlds[r.spec.name])
+        except GiantError as exc:
+            errors.append(f"stage {r.spec.name}: {exc}")
+    return errors

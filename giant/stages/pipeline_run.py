@@ -5,7 +5,8 @@ process group (a stop signal to `giant pipeline` is forwarded to the whole stage
 ranks, loader workers; Ctrl-C becomes SIGTERM, so the stage saves and can resume), skips done
 stages, relaunches a partial one (it resumes from its own checkpoint), and stops at the first
 stage that fails or is interrupted. Exit codes: 0 every stage done; a failing stage's own exit
-code; 3 a stage was interrupted or stopped early (re-run the same command to resume).
+code; 3 a stage was interrupted or stopped early (re-run the same command to resume). A stage's
+output goes to RUN_DIR/stage.log; what the console shows is giant/stages/pipeline_console.py.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import IO, Callable, Optional
 
 from giant import safety
 from giant.console import out
 from giant.errors import ConfigError, GiantError
-from giant.stages.pipeline import Pipeline, Resolved, load_pipeline, resolve
+from giant.stages.pipeline import Pipeline, Resolved, input_errors, load_pipeline, resolve
+from giant.stages.pipeline_console import LOG, StageConsole, log_tail, open_log, tee, took
 from giant.stages.pipeline_state import (State, artifact_complete, deletion, downstream, mark_completed,
                                          plan_numbers, planned_state, read_json, read_record, status_row,
                                          write_record)
@@ -85,10 +87,16 @@ def _first_host() -> str:
     return socket.gethostname()
 
 
-def run_child(cmd: list[str], env: dict) -> tuple[int, Optional[str]]:
-    """Run one stage in its own process group; forward stop signals to the whole group.
-    → (exit code, name of the first signal received or None)."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+def run_child(cmd: list[str], env: dict, log: Optional[IO[bytes]] = None, verbose: bool = False,
+              tick: Optional[Callable[[], None]] = None, every: float = 1.0) -> tuple[int, Optional[str]]:
+    """Run one stage in its own process group; forward stop signals to the whole group. Its
+    stdout+stderr go to `log` when given (with `verbose`, to the console too), else to ours;
+    `tick` runs every `every` seconds while it runs. → (exit code, first signal's name or None)."""
+    piped = log is not None and verbose
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE if piped else log,
+                            stderr=None if log is None else subprocess.STDOUT)
+    pump = tee(proc.stdout, log, sys.stdout) if piped else None
     got: list[str] = []
 
     def forward(signum: int, _frame) -> None:
@@ -103,10 +111,17 @@ def run_child(cmd: list[str], env: dict) -> tuple[int, Optional[str]]:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        rc = proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=every if tick else None)
+                break
+            except subprocess.TimeoutExpired:
+                tick()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if pump is not None:  # the rest of the output (a rank that outlives its launcher: not waited for)
+            pump.join(timeout=10)
     return rc, (got[0] if got else None)
 
 
@@ -169,11 +184,16 @@ def prepare(pipe: Pipeline, force: list[str]) -> tuple[list[Resolved], dict[str,
     doomed, refused = deletions(pipe, resolved, states, forced)
     if refused:
         raise safety.DeletionRefused("\n".join(f"stage {n!r}: {why}" for n, why in refused.items()))
+    # outside inputs of the stages still to run (manifests, weights): wrong ones fail now, not
+    # after the stages before them have trained
+    errors = input_errors(resolved, {n for n, s in states.items() if s.status != "done"})
+    if errors:
+        raise ConfigError(f"{pipe.path}: " + "\n".join(errors))
     return resolved, states, forced, doomed
 
 
 def run_pipeline(file: str, force: list[str], launcher: str, nproc: Optional[int] = None,
-                 master_port: Optional[int] = None) -> int:
+                 master_port: Optional[int] = None, verbose: bool = False) -> int:
     """Run every stage that is not done, in order; 0 when all are done, else the exit code."""
     pipe = load_pipeline(file)
     resolved, states, forced, doomed = prepare(pipe, force)
@@ -182,6 +202,7 @@ def run_pipeline(file: str, force: list[str], launcher: str, nproc: Optional[int
         out(f"[{name}] --force: will delete {doomed[name]}")
     for name in now:
         safety.remove_run_dir(pipe.stage(name).run_dir, pipe.name, name, pipe.protected())
+    told = False
     for r in resolved:
         name, st = r.spec.name, states[r.spec.name]
         if st.status == "done":
@@ -192,16 +213,39 @@ def run_pipeline(file: str, force: list[str], launcher: str, nproc: Optional[int
         if st.redo and name in doomed:
             out(f"[{name}] {st.note} ({'; '.join(st.changed)}): deleting {doomed[name]}")
             safety.remove_run_dir(r.spec.run_dir, pipe.name, name, pipe.protected())
+        if not told:
+            out(f"each stage's full output goes to its run dir's {LOG} ({r.spec.run_dir / LOG}, ...)"
+                + ("" if verbose else "; --verbose shows it here too"))
+            told = True
         out(f"[{name}] {st.label()}: {'resuming' if st.status == 'partial' else 'starting'} {r.spec.kind}")
-        rc = launch(r, pipe, launcher, nproc, master_port)
+        rc = launch(r, pipe, launcher, nproc, master_port, verbose)
         if rc:
             return rc
     out(f"\nevery stage of {pipe.name} is done")
     return 0
 
 
+def _attempt(r: Resolved, pipe: Pipeline, cmd: list[str], env: dict, verbose: bool) -> tuple[int, Optional[str], StageConsole]:
+    """One run of the stage, its output appended to RUN_DIR/stage.log: only into the run dir
+    whose record (written just before) names this stage, never into a folder giant did not record."""
+    run_dir, name = r.spec.run_dir, r.spec.name
+    if safety.read_owner(run_dir) != (pipe.name, name):
+        raise GiantError(f"{run_dir}: its {safety.RECORD} does not name stage {name!r} of {pipe.name!r}; "
+                         "nothing launched or written there")
+    trains = KINDS[r.spec.kind].trains
+    total = r.cfg.optim.total_steps if trains and r.cfg is not None else None
+    console = StageConsole(name, run_dir, total, trains)
+    env = {**env, "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1")}  # stage.log as it happens (tail -f)
+    with open_log(run_dir, cmd) as log:
+        if verbose:
+            out(f"[{name}] $ {shlex.join(cmd)}")
+        rc, sig = run_child(cmd, env, log, verbose, None if verbose else console.tick, console.poll)
+    console.clear()
+    return rc, sig, console
+
+
 def launch(r: Resolved, pipe: Pipeline, launcher: str, nproc: Optional[int] = None,
-           master_port: Optional[int] = None) -> int:
+           master_port: Optional[int] = None, verbose: bool = False) -> int:
     """Run one stage to its end; 0 when its artifact is complete, else the code to exit with."""
     run_dir, name, world = r.spec.run_dir, r.spec.name, world_size(r, nproc, launcher)
     rec = read_record(run_dir)
@@ -210,24 +254,29 @@ def launch(r: Resolved, pipe: Pipeline, launcher: str, nproc: Optional[int] = No
     for marker in ("PREEMPTED", "ERROR"):  # an earlier attempt's; this one decides anew
         (run_dir / marker).unlink(missing_ok=True)
     cmd, env = command(launcher, world, master_port or _free_port(), r.script, r.args)
-    out(f"[{name}] $ {shlex.join(cmd)}")
-    rc, sig = run_child(cmd, env)
+    rc, sig, console = _attempt(r, pipe, cmd, env, verbose)
+    log = run_dir / LOG
     if sig or (run_dir / "PREEMPTED").is_file():  # launchers exit non-zero after a signal
         out(f"[{name}] interrupted ({sig or 'PREEMPTED'}, exit {rc}): re-run the same command to resume "
-            f"from its checkpoint ({run_dir})", err=True)
+            f"from its checkpoint ({run_dir}); its output: {log}", err=True)
         return INTERRUPTED
     if rc != 0:
         error = (run_dir / "ERROR").read_text().strip() if (run_dir / "ERROR").is_file() else ""
-        out(f"[{name}] failed with exit code {rc}; run dir {run_dir}"
-            + (f"\n[{name}] ERROR: {error}" if error else " (see the log above)"), err=True)
+        tail = [] if verbose else log_tail(log)
+        if tail:
+            out(f"[{name}] the last {len(tail)} lines of {log}:\n" + "\n".join(f"    {line}" for line in tail),
+                err=True)
+        out(f"[{name}] failed with exit code {rc} after {took(console.elapsed())}; run dir {run_dir}; "
+            f"full output: {log}" + (f"\n[{name}] ERROR: {error}" if error else
+                                     " (see the log above)" if verbose else ""), err=True)
         return rc
     if not artifact_complete(r.spec.kind, run_dir):
         summary = read_json(run_dir / "summary.json") or {}
         out(f"[{name}] stopped before its end ({summary.get('reason', 'no summary.json')} at step "
-            f"{summary.get('steps', '?')}): re-run the same command to continue", err=True)
+            f"{summary.get('steps', '?')}): re-run the same command to continue; its output: {log}", err=True)
         return INTERRUPTED
     mark_completed(run_dir)
-    out(f"[{name}] done ({run_dir})")
+    out(console.final(status_row(r)))
     return 0
 
 

@@ -234,6 +234,7 @@ def status_row(r: Resolved) -> dict:
     return {"stage": spec.name, "kind": spec.kind, "status": state.label(), "run_dir": str(run_dir),
             "steps": summary.get("steps"), "first_loss": summary.get("first_loss"),
             "last_loss": summary.get("last_loss"), "best_val_top1": summary.get("best_val_top1"),
+            "best_step": (summary.get("best") or {}).get("step"), "exported": summary.get("exported"),
             "test_top1": results.get("top1"), "test_top5": results.get("top5"),
             "test_videos": results.get("videos"), "views": results.get("views"),
             "agreement_top1": results.get("agreement_top1"), "kl_from_reference": results.get("kl_from_reference"),

@@ -19,6 +19,9 @@ INPUT_FIELDS = {"init_from": "checkpoint.init_from", "teacher": "distill.teacher
 # (evaluate.SCORES; named here so a status check never imports torch)
 EVAL_FILES = ("results.json", "scores.npz")
 WEIGHT_FILES = ("weights.safetensors", "model.json")
+# summary.json reasons of a training run that ended and exported (giant.engine.best.DONE_REASONS:
+# the schedule's end, or early stopping); stop_after and signals leave a partial run
+DONE_REASONS = ("completed", "early_stop")
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ class Kind:
         return getattr(importlib.import_module(module), cls)
 
     def done(self, run_dir: Path) -> bool:
-        """Its artifact is complete; a training stage's summary must also say it completed
-        (a run stopped by stop_after or a signal exported nothing final)."""
+        """Its artifact is complete; a training stage's summary must also say it completed or
+        stopped early (a run stopped by stop_after or a signal exported nothing final)."""
         if not all((run_dir / f).is_file() for f in self.done_files):
             return False
         if not self.trains:
@@ -67,7 +70,7 @@ class Kind:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        return isinstance(summary, dict) and summary.get("reason") == "completed"
+        return isinstance(summary, dict) and summary.get("reason") in DONE_REASONS
 
     def clip_flops(self, cfg: Any, model_cfg: Any, teacher: Any = None) -> float:
         """FLOPs of one clip: a training step's (3 × forward, the teacher's forward included)

@@ -1,6 +1,6 @@
 """Reconstruction images: original / encoder input / reconstruction, one column per tubelet.
 
-Predictions are per-token normalised (SPEC §2), so they are mapped back to pixels with the
+Predictions are per-token normalised (docs/reference.md §2), so they are mapped back to pixels with the
 mean and std of the original token, as the official visualisation does. Tokens that are
 neither visible nor reconstructed (dual masking) are drawn grey. MAE-ST (model.arch maest)
 predicts the sub-sampled target frames, normalised over all channels together; its rows show

@@ -21,16 +21,27 @@ fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp=.venv/.giant-setup-$extras-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
+# pip's own output (and whatever a machine's pip config makes it warn about) goes to a log; the
+# console gets one line per install, and the log's end if an install fails
+log=.venv/setup.log
+pip_quiet() {
+  echo "setup: pip install $* (log: $log)"
+  if ! pip install -q "$@" >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "setup: pip install failed; the whole output is in $log" >&2
+    exit 1
+  fi
+}
 if [ ! -f "$stamp" ]; then
   # torch first and pinned, so no later requirement drags in another build (docs/install.md).
   if ! python -c "import torch, torchvision" 2>/dev/null; then
-    pip install -q "torch==${GIANT_TORCH:-2.14.1}" "torchvision==${GIANT_TORCHVISION:-0.29.1}"
+    pip_quiet "torch==${GIANT_TORCH:-2.14.1}" "torchvision==${GIANT_TORCHVISION:-0.29.1}"
   fi
   tv=$(python -c "import torch;print(torch.__version__.split('+')[0])")
   tvv=$(python -c "import torchvision;print(torchvision.__version__.split('+')[0])")
   printf 'torch==%s\ntorchvision==%s\ndeepspeed==%s\n' "$tv" "$tvv" "${GIANT_DEEPSPEED:-0.19.8}" \
     > .venv/torch-constraint.txt
-  pip install -q -c .venv/torch-constraint.txt -e "$spec"
+  pip_quiet -c .venv/torch-constraint.txt -e "$spec"
   touch "$stamp"
 fi
 # Where DeepSpeed would JIT-build an op (giant skips its CPU shm op): a cache we own.

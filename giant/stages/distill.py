@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from giant.config import ModelConfig, RunConfig
 from giant.errors import CheckpointError, ConfigError
-from giant.stages.driver import GlobalFailures, RunContext, check_weights
+from giant.stages.driver import GlobalFailures, RunContext
 from giant.stages.finetune import FinetuneStage, validate
 from giant.stages.teacher import (choose_teacher_precision, distill_loss, freeze_teacher, partition_teacher,
                                   teacher_logits)

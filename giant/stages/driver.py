@@ -27,7 +27,6 @@ from giant.engine.deepspeed import build_engine, construct_model, init_distribut
 from giant.engine.ds_config import MergedDS, resolve_ds_config
 from giant.engine.loop import EpochBatches, LoopHooks, SignalFlag, train_loop
 from giant.engine.reshard import prepare_universal
-from giant.errors import ConfigError, GiantError
 
 log = logging.getLogger(__name__)
 

@@ -162,12 +162,13 @@ def test_resume_into_a_different_model_is_a_clear_error(runs, synth_videos):
     assert marker.read_text().startswith("CheckpointError: ") and "holds a different model" in marker.read_text()
 
 
-def test_json_contradicting_recipe_fails_before_starting(tmp_path):
+def test_json_contradicting_recipe_fails_before_starting(synth_videos, tmp_path):
     bad = tmp_path / "zero2_micro8.json"
     ds = json.loads((REPO / "ds_configs/zero2.json").read_text())
     bad.write_text(json.dumps({**ds, "train_micro_batch_size_per_gpu": 8}))
     proc = single("--ds", str(bad), "--recipe", "launch/recipes/demo_pretrain.yaml", "optim.batch_size=1",
-                  "data.num_sample=4", f"stage.run_dir={tmp_path / 'run'}")
+                  "data.num_sample=4", f"stage.run_dir={tmp_path / 'run'}",
+                  f"data.manifest={synth_videos.train_manifest}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert f"{bad}: train_micro_batch_size_per_gpu=8 but recipe optim.batch_size×data.num_sample=4" in out

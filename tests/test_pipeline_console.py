@@ -38,7 +38,8 @@ with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\\n")
         f.flush()
         print(f"rank0 step {step}/{total} | loss {1.0 / step:.4g}", flush=True)
-summary = {"reason": "completed", "steps": total, "first_loss": 1.0, "last_loss": 1.0 / total, "best_val_top1": 75.0}
+summary = {"reason": "completed", "steps": total, "first_loss": 1.0, "last_loss": 1.0 / total, "best_val_top1": 75.0,
+           "exported": "best", "best": {"step": total}}
 (run / "summary.json").write_text(json.dumps(summary))
 (run / "model.json").write_text("{}")
 (run / "weights.safetensors").write_text("x")
@@ -102,6 +103,8 @@ def test_output_goes_to_stage_log_and_the_console_shows_live_and_final_lines(stu
     final = next(line for line in lines if line.startswith("[a] done in "))
     assert re.fullmatch(r"\[a\] done in \d+s · step 3/3 · loss 0\.3333 · val top-1 75\.0%", final), final
     assert "$ " not in out  # the command is in the log's header
+    table = out[out.index("final metrics"):].splitlines()
+    assert table[1].split()[-1] == "exported" and table[3].split()[-2:] == ["best", "@3"], table
 
 
 def test_a_failing_stage_shows_the_tail_of_its_log_and_a_second_attempt_appends(stub, capfd):

@@ -79,6 +79,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 2 if any(r["error"] for r in rows) else 0
 
 
+def _exported(row: dict) -> str:
+    """Which weights the next stage reads: the last step, or the best one and its step."""
+    if row.get("exported") == "best" and row.get("best_step") is not None:
+        return f"best @{row['best_step']}"
+    return row.get("exported") or "-"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from giant.stages.pipeline import load_pipeline
     from giant.stages.pipeline_run import write_status
@@ -86,13 +93,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.file)
     rows, path = write_status(pipe, args.json)
     header = ["stage", "kind", "status", "steps", "loss first → last", "val top-1 (best)", "test top-1",
-              "test top-5", "agreement (KL)"]
+              "test top-5", "agreement (KL)", "exported"]
     table = [[r["stage"], r["kind"] + (f" {r['target']}" if r["target"] else ""), r["status"],
               _fmt(r["steps"], "d"),
               "-" if r["last_loss"] is None else f"{_fmt(r['first_loss'], '.4f')} → {_fmt(r['last_loss'], '.4f')}",
               _fmt(r["best_val_top1"], ".2f"), _fmt(r["test_top1"], ".2f"), _fmt(r["test_top5"], ".2f"),
               "-" if r["agreement_top1"] is None else
-              f"{r['agreement_top1']:.2f} with {r['reference']} ({_fmt(r['kl_from_reference'], '.4f')})"]
+              f"{r['agreement_top1']:.2f} with {r['reference']} ({_fmt(r['kl_from_reference'], '.4f')})",
+              _exported(r)]
              for r in rows]
     out(f"\npipeline {pipe.name}: final metrics (top-1/top-5 in %; test = multi-view evaluation; "
         "agreement = % of test videos with the reference's top-1, KL = mean KL(reference ‖ this) in nats)")

@@ -195,7 +195,7 @@ def test_pipeline_and_hf_export_without_transformers(synth_videos, no_hf, tmp_pa
     stages = [{"name": "pretrain", "kind": "pretrain", "recipe": "launch/recipes/demo_pretrain.yaml",
                "overrides": data},
               {"name": "finetune", "kind": "finetune", "recipe": "launch/recipes/demo_finetune.yaml",
-               "init_from": "pretrain", "overrides": {**data, "stage.eval_every": 0}}]
+               "init_from": "pretrain", "overrides": {**data, "data.val_manifest": "", "stage.eval_every": 1}}]
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"name": "nohf", "root": str(tmp_path / "runs"), "stages": stages,
                                     "defaults": {"ds": "ds_configs/zero2.json", "gpus": 1}}, sort_keys=False))
@@ -206,6 +206,8 @@ def test_pipeline_and_hf_export_without_transformers(synth_videos, no_hf, tmp_pa
     assert [rows[s]["steps"] for s in ("pretrain", "finetune")] == [1, 1]
     src = tmp_path / "runs" / "finetune"
     assert (src / "weights.safetensors").is_file()
+    assert ("stage.eval_every=1 but data.val_manifest is empty: this run validates nothing"
+            in (src / "stage.log").read_text())  # asked for, and said so once, by rank 0
 
     conv = subprocess.run(cli + ["convert", str(src), str(tmp_path / "hf"), "--to", "hf"], cwd=REPO, env=no_hf,
                           capture_output=True, text=True, timeout=300)

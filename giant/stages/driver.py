@@ -333,6 +333,10 @@ def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds:
                       judge=lambda step, result: keeper.judge(step, result, save))
     log.info("%s %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s", stage.kind,
              model_cfg.name, start, cfg.optim.total_steps, world, info.global_batch_clips, run_dir)
+    if rank == 0 and cfg.stage.eval_every > 0 and not cfg.data.val_manifest \
+            and type(stage).evaluate is not Stage.evaluate:  # asked for, silently absent otherwise
+        log.warning("stage.eval_every=%d but data.val_manifest is empty: this run validates nothing "
+                    "(set data.val_manifest, or stage.eval_every=0 to silence this)", cfg.stage.eval_every)
     try:
         prof.at(start)
         stopped = keeper.resumed_stop(start)  # a relaunched early-stopped run trains no further

@@ -6,7 +6,8 @@ evaluate, plus `ft_ref`, the same fine-tune left alone. Submitting it twice at o
 nothing the second time; `scancel --signal=USR1` to the running `ft` makes it save, requeue
 itself under the same job id and resume to the losses of `ft_ref`, while the evaluation waits
 for it (afterok); submitting it again once done skips every stage. Beside the chain, a job with
-a one-minute time limit and `--signal=USR1@10` saves and requeues before Slurm's kill. Then a
+a one-minute time limit and `--signal=USR1@10` saves and requeues before Slurm's kill (under the
+scripts' own `--signal=USR1@600` the same limit is refused at the start). Then a
 rank killed twice with GIANT_MAX_CRASH_RESTARTS=1 stops the requeueing, and a configuration
 error writes RUN_DIR/ERROR, is not requeued, and Slurm cancels its dependant."""
 from __future__ import annotations
@@ -243,3 +244,21 @@ def test_configuration_error_writes_error_never_requeues_and_cancels_dependants(
     log = _log(tmp_path, "bad:pre", jobs["pre"])
     assert "giant: not requeueing: ConfigError" in log and "requeueing job" not in log
     assert not (tmp_path / "bad" / "ft" / "metrics.jsonl").exists()
+
+
+def test_time_limit_shorter_than_the_signal_lead_is_refused_at_start(slurm_cluster, synth_videos, tmp_path):
+    """`--time=1` on a script whose header says --signal=USR1@600: the signal would come at once and
+    every requeue would train a step or none; the job refuses (exit 2, no requeue, no training).
+    The time-limit job in `runs` (--signal=USR1@10 passed to submit_pipeline.sh) is the control."""
+    short = _pipeline("short", tmp_path / "short", [{"name": "train", "kind": "pretrain", "gpus": 1,
+                                                      "recipe": "launch/recipes/demo_pretrain.yaml",
+                                                      "overrides": {**_data(synth_videos), "optim.total_steps": 4}}])
+    proc, jobs = submit_pipeline(slurm_cluster, _write(tmp_path / "short.yaml", short), "--cpus-per-task=1",
+                                 f"--output={tmp_path}/%x-%j.out", "--time=1", "--gpus-per-node=0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = final(slurm_cluster, jobs["train"], 120)
+    assert (state["JobState"], state["ExitCode"], state["Restarts"]) == ("FAILED", "2:0", "0"), state
+    log = _log(tmp_path, "short:train", jobs["train"])
+    assert "giant: time limit 1:00 (60 s) leaves no time before the checkpoint signal, sent 600 s" in log, log
+    assert "Nothing was started." in log and "requeueing" not in log
+    assert not (tmp_path / "short" / "train" / "metrics.jsonl").exists()

@@ -63,6 +63,40 @@ giant_requeue() {
   scontrol requeue "$SLURM_JOB_ID"
 }
 
+# A time limit that leaves no room before the checkpoint signal (`sbatch --time=10` on a script
+# with --signal=USR1@600): Slurm would signal the job as it starts and every requeue would train
+# a step or none, so the stage refuses with exit 2 before starting anything. The lead is
+# GIANT_SIGNAL_LEAD (submit_pipeline.sh sets it from its own --signal), else SBATCH_SIGNAL, else
+# the batch script's #SBATCH --signal line. Slurm signals up to 30 s early: at least 30 s must
+# be left.
+giant_seconds() {  # squeue's %l (M:SS, H:MM:SS, D-HH:MM:SS) -> seconds; nothing for UNLIMITED
+  local t=$1 d=0 a b c
+  case "$t" in *[!0-9:-]*|"") return 0 ;; *-*) d=${t%%-*}; t=${t#*-} ;; esac
+  IFS=: read -r a b c <<< "$t"
+  if [ -n "$c" ]; then echo $((d * 86400 + 10#$a * 3600 + 10#$b * 60 + 10#$c))
+  elif [ -n "$b" ]; then echo $((d * 86400 + 10#$a * 60 + 10#$b))
+  else echo $((d * 86400 + 10#$a * 60)); fi
+}
+
+giant_check_time_limit() {
+  local lead limit seconds
+  lead=${GIANT_SIGNAL_LEAD:-}
+  [ -z "$lead" ] && [ -n "${SBATCH_SIGNAL:-}" ] && lead=${SBATCH_SIGNAL##*@}
+  [ -z "$lead" ] && lead=$(sed -n 's/^#SBATCH[[:space:]]*--signal=[^@]*@\([0-9]*\).*/\1/p' "$0" 2>/dev/null | tail -n 1)
+  case "$lead" in ""|*[!0-9]*) return 0 ;; esac
+  limit=$(squeue --noheader --format=%l --jobs="$SLURM_JOB_ID" 2>/dev/null | head -n 1 || true)
+  seconds=$(giant_seconds "${limit// /}")
+  [ -n "$seconds" ] || return 0
+  if [ "$seconds" -lt $((lead + 30)) ]; then
+    echo "giant: time limit $limit (${seconds} s) leaves no time before the checkpoint signal," \
+         "sent ${lead} s before the end (--signal=...@${lead}): every requeue would train a step or" \
+         "none. Give the job more than $((lead + 30)) s (sbatch --time), or a shorter lead: sbatch" \
+         "--signal=USR1@N with GIANT_SIGNAL_LEAD=N (submit_pipeline.sh ... -- --signal=USR1@N sets" \
+         "it). Nothing was started." >&2
+    exit 2
+  fi
+}
+
 # The whole job step of every stage script: clear the markers of an earlier job (this one
 # decides anew), start SCRIPT once per GPU, requeue on preemption or a crash (giant_requeue),
 # and exit with the step's code. A requeued job keeps its id, so jobs depending on it with
@@ -71,6 +105,7 @@ giant_requeue() {
 giant_run_stage() {
   local run_dir=$1 rc=0
   shift
+  giant_check_time_limit
   rm -f "$run_dir/PREEMPTED" "$run_dir/ERROR"
   giant_srun python "$@" || rc=$?
   giant_requeue "$run_dir" "$rc"

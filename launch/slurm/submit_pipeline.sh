@@ -27,6 +27,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# A --signal among the sbatch options replaces the scripts' own: tell env.sh its lead (the
+# time-limit check) through the job's environment.
+for ((i = 0; i < ${#SBATCH_OPTS[@]}; i++)); do
+  case "${SBATCH_OPTS[i]}" in
+    --signal=*@*) export GIANT_SIGNAL_LEAD=${SBATCH_OPTS[i]##*@} ;;
+    --signal) [ $((i + 1)) -lt ${#SBATCH_OPTS[@]} ] && export GIANT_SIGNAL_LEAD=${SBATCH_OPTS[i + 1]##*@} ;;
+  esac
+done
+
 plan=$(mktemp) lines=$(mktemp)
 trap 'rm -f "$plan" "$lines"' EXIT
 rc=0

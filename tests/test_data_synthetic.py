@@ -209,3 +209,20 @@ def test_synth_writes_again_over_its_own_output(tmp_path):
     (out / "stamp").touch()  # anything else makes it someone else's folder again
     with pytest.raises(ConfigError, match=r"did not write \(stamp\)"):
         write_synthetic_set(out, num_videos=2, num_frames=4, height=16, width=16)
+
+
+@pytest.mark.parametrize("height, width", [(30, 34), (34, 30), (32, 48)])
+def test_any_even_size_encodes_to_the_colours_drawn(tmp_path, height, width):
+    """Heights that are not a multiple of 4 once failed to split the chroma planes; a plane put in
+    the wrong place would show as wrong colours, so decode and compare with what was drawn."""
+    from giant.data.synthetic import write_video
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    frame = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), 255 - xx * 255 // (width - 1)], -1)
+    frames = np.repeat(frame[None].astype(np.uint8), 4, axis=0)
+    path = tmp_path / "v.mp4"
+    write_video(path, frames, fps=25)
+    with open_video(str(path), "pyav") as reader:
+        decoded = reader.get_frames(range(4)).astype(float)
+    assert decoded.shape == (4, height, width, 3)
+    assert np.abs(decoded - frames).mean() < 6, np.abs(decoded - frames).mean()

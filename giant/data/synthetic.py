@@ -222,7 +222,8 @@ def _yuv420_frame(rgb_HWC: np.ndarray):
 
     h, w = rgb_HWC.shape[:2]
     i420 = av.VideoFrame.from_ndarray(rgb_HWC, format="rgb24").reformat(format="yuv420p").to_ndarray()
-    planes = (i420[:h], i420[h:h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4:].reshape(h // 2, w // 2))
+    flat, y, c = i420.reshape(-1), h * w, (h // 2) * (w // 2)  # packed Y, U, V: any even h, w
+    planes = (flat[:y].reshape(h, w), flat[y:y + c].reshape(h // 2, w // 2), flat[y + c:].reshape(h // 2, w // 2))
     frame = av.VideoFrame(w, h, "yuv420p")
     for plane, pixels in zip(frame.planes, planes):
         rows = np.zeros((pixels.shape[0], plane.line_size), np.uint8)

@@ -90,7 +90,7 @@ giant_check_time_limit() {
   if [ "$seconds" -lt $((lead + 30)) ]; then
     echo "giant: time limit $limit (${seconds} s) leaves no time before the checkpoint signal," \
          "sent ${lead} s before the end (--signal=...@${lead}): every requeue would train a step or" \
-         "none. Give the job more than $((lead + 30)) s (sbatch --time), or a shorter lead: sbatch" \
+         "none. Give the job at least $((lead + 30)) s (sbatch --time), or a shorter lead: sbatch" \
          "--signal=USR1@N with GIANT_SIGNAL_LEAD=N (submit_pipeline.sh ... -- --signal=USR1@N sets" \
          "it). Nothing was started." >&2
     exit 2

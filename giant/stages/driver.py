@@ -99,6 +99,11 @@ class Stage:
         """Collective (every rank calls it at the same step); scalars to log, e.g. val/top1."""
         return {}
 
+    @property
+    def evaluates(self) -> bool:
+        """A stage kind with an evaluation of its own (the supervised ones)."""
+        return type(self).evaluate is not Stage.evaluate
+
     def meta(self, ctx: RunContext) -> dict:
         """Stage-specific fields checked on resume / written into model.json."""
         return {}
@@ -245,7 +250,7 @@ def run_stage(stage: Stage) -> dict:
     device, the DeepSpeed JSON merged once against it, model sizes and absolute lr filled in."""
     from giant.engine.precision import announce_precision
 
-    check_evaluates(stage.cfg, stage.kind, type(stage).evaluate is not Stage.evaluate)
+    check_evaluates(stage.cfg, stage.kind, stage.evaluates)
     check_inputs(stage.cfg, stage.kind)  # files first: seconds after the launch, on every rank alike
     cfg, device = set_up(stage.cfg, announce=False)  # logged below: a bad input is one line
     ds = resolve_ds_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail fast, once
@@ -333,8 +338,7 @@ def _run(stage: Stage, cfg: RunConfig, model_cfg: Any, device: torch.device, ds:
                       judge=lambda step, result: keeper.judge(step, result, save))
     log.info("%s %s: steps %d→%d, %d ranks, global batch %d clips, run dir %s", stage.kind,
              model_cfg.name, start, cfg.optim.total_steps, world, info.global_batch_clips, run_dir)
-    if rank == 0 and cfg.stage.eval_every > 0 and not cfg.data.val_manifest \
-            and type(stage).evaluate is not Stage.evaluate:  # asked for, silently absent otherwise
+    if rank == 0 and stage.evaluates and cfg.stage.eval_every > 0 and not cfg.data.val_manifest:
         log.warning("stage.eval_every=%d but data.val_manifest is empty: this run validates nothing "
                     "(set data.val_manifest, or stage.eval_every=0 to silence this)", cfg.stage.eval_every)
     try:
